@@ -1,0 +1,39 @@
+# `make demo` and `make test` are the two commands a person needs. Both set up .venv first and are idempotent:
+# the venv is rebuilt only when a requirements file changes, and synthetic data are reused when already there.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: setup test test-slow demo verify package lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# The default tier: tiny shapes, well under 30 minutes on 2 CPU cores. `.ci/run` calls exactly this.
+test: setup
+	$(PY) -m pytest
+
+# Longer runs that train to a quality bar on phantoms.
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+demo: setup
+	$(PY) ci/demo.py
+
+verify: setup
+	@set -e; for bundle in bundles/*/; do $(PY) ci/verify_bundle.py $$bundle; done
+
+package: setup
+	@set -e; for bundle in bundles/*/; do $(PY) ci/package_bundle.py $$bundle --out dist; done
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf demo_output dist data/synthetic .pytest_cache .ruff_cache

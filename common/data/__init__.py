@@ -1,0 +1,1 @@
+"""Dataset readers, datalists and split files for the real on-disk layouts."""

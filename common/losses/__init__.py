@@ -1,0 +1,1 @@
+"""Losses used by the bundles that MONAI does not provide as such."""
