@@ -28,7 +28,6 @@ prediction side by side), and ``logs/``. The numbers are phantom results and say
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -38,6 +37,9 @@ import time
 from pathlib import Path
 
 import zoo
+
+sys.path.insert(0, str(zoo.REPO_ROOT))
+from common.metrics import read_metrics_csv  # noqa: E402
 
 STAGES = ("train", "evaluate", "inference")
 STAGE_CONFIGS = {
@@ -85,22 +87,13 @@ def _run_logged(cmd: list[str], log_file: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode} (log: {log_file})\n{tail}")
 
 
-def read_metrics(eval_dir: Path) -> dict[str, float]:
-    """The ``key<TAB>value`` lines MONAI's MetricsSaver writes to ``metrics.csv``."""
-    path = eval_dir / "metrics.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: evaluation wrote no metrics (evaluate.json needs a MetricsSaver)")
-    with open(path) as f:
-        return {row[0]: float(row[1]) for row in csv.reader(f, delimiter="\t") if len(row) >= 2}
-
-
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in the TensorBoard event files under ``log_dir``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     series: dict[str, list[tuple[int, float]]] = {}
     for events in sorted(log_dir.rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})  # one file: the folder holds several
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
             series.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
@@ -185,9 +178,15 @@ def _write_json(path: Path, content: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_bundle(bundle: Path, out_root: Path, data_root: Path, step: str) -> dict:
-    """All stages of one bundle's demo; returns the summary that the report shows."""
+def run_bundle(
+    bundle: Path, out_root: Path, data_root: Path, step: str = "", train_overrides: dict | None = None
+) -> dict:
+    """All stages of one bundle's demo; returns the summary that the report shows.
+
+    ``train_overrides`` go on top of the demo spec's train overlay (the tests shorten training with them).
+    """
     spec = zoo.load_json(bundle / "configs" / "demo.json")
+    spec["train"] = {**spec.get("train", {}), **(train_overrides or {})}
     out = out_root / bundle.name
     logs = out / "logs"
     dataset_dir = synthetic_dir(data_root, spec["synthetic"]).resolve()
@@ -219,7 +218,7 @@ def run_bundle(bundle: Path, out_root: Path, data_root: Path, step: str) -> dict
         timings[stage] = round(zoo.monai_bundle_run(configs, log_file=logs / f"{stage}.log"), 1)
         print(f"{step} {bundle.name}: {stage} done in {timings[stage]:.1f} s", flush=True)
 
-    summary["metrics"] = read_metrics(out / "evaluate")
+    summary["metrics"] = read_metrics_csv(out / "evaluate" / "metrics.csv")
     _write_json(out / "metrics.json", summary)
     plot_training_curve(read_scalars(out / "train"), bundle.name, out / "training_curve.png")
     overlay_spec = spec["overlay"]
@@ -261,7 +260,7 @@ def write_report(out_root: Path, summaries: list[dict], failures: dict[str, str]
         lines += ["|---" * 7 + "|"]
         for s in summaries:
             t = s["timings_s"]
-            metrics = ", ".join(f"{k} {v:.3f}" for k, v in s["metrics"].items())
+            metrics = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in s["metrics"].items())
             lines.append(
                 f"| {s['bundle']} | {s['version']} | {t['data']} | {t['train']} | {t['evaluate']} "
                 f"| {t['inference']} | {metrics} |"

@@ -37,8 +37,11 @@ def _outside_repo_env() -> dict:
     return env
 
 
-def _with_random_weights(bundle: Path, dest: Path) -> Path:
-    """A copy of ``bundle`` whose ``models/model.pt`` holds the state dict of a freshly built ``network_def``."""
+def _with_random_weights(bundle: Path, dest: Path, overrides: dict | None = None) -> Path:
+    """A copy of ``bundle`` whose ``models/model.pt`` holds the state dict of a freshly built ``network_def``.
+
+    ``overrides`` are the config overrides inference will run with (they may change the network's size).
+    """
     import torch
     from monai.bundle import ConfigParser
 
@@ -46,6 +49,8 @@ def _with_random_weights(bundle: Path, dest: Path) -> Path:
     shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
     parser = ConfigParser()
     parser.read_config(str(copy / "configs" / "inference.json"))
+    for key, value in (overrides or {}).items():
+        parser[key] = value
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     (copy / "models").mkdir()
@@ -126,7 +131,8 @@ def test_packaged_bundle_infers_outside_the_repo(bundle: Path, tmp_path: Path, p
     work_dir = tmp_path / "work"
     demo.prepare_data(spec, dataset_dir, work_dir, tmp_path / "data.log")
 
-    zip_path = package_bundle.package_bundle(_with_random_weights(bundle, tmp_path / "src"), tmp_path / "dist")
+    src = _with_random_weights(bundle, tmp_path / "src", spec.get("inference"))
+    zip_path = package_bundle.package_bundle(src, tmp_path / "dist")
     release = tmp_path / "release"
     zipfile.ZipFile(zip_path).extractall(release)
     extracted = release / bundle.name

@@ -72,6 +72,7 @@ __all__ = [
     "RegionsToBratsLabels",
     "RegionsToBratsLabelsd",
     "brats_datalist",
+    "case_name_formatter",
     "check_brats_labels",
     "convert_brats_labels",
     "detect_convention",
@@ -802,6 +803,16 @@ class RegionsToBratsLabelsd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
         return d
+
+
+def case_name_formatter(metadict: dict, saver: Any) -> dict:
+    """``SaveImage(d)`` ``output_name_formatter`` naming an output after its case folder.
+
+    A stacked BraTS image carries its first modality file as ``filename_or_obj``, so MONAI's default would name
+    the prediction ``BraTS2021_00000_t1_seg.nii.gz``; this gives ``BraTS2021_00000_seg.nii.gz``.
+    """
+    source = Path(str(metadict.get("filename_or_obj", "")))
+    return {"subject": source.parent.name or source.name, "idx": metadict.get("patch_index")}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""cohra_unet_brats through ``python -m monai.bundle run``: resume, evaluation outputs, output label convention.
+
+Tiny sizes: 48x48x32 phantoms, 32^3 patches, a narrower network (the demo overrides in configs/demo.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import zoo
+from conftest import REPO_ROOT
+
+from common.synthetic.brats import generate_brats
+
+BUNDLE = REPO_ROOT / "bundles" / "cohra_unet_brats"
+CONFIGS = BUNDLE / "configs"
+TINY = {"roi_size": [32, 32, 32], "network_def#channels": [8, 16, 32, 64], "network_def#transformer_heads": 4}
+
+
+def _overlay(path: Path, content: dict) -> Path:
+    path.write_text(json.dumps(content))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """Phantoms, a split file and one epoch of training, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("cohra")
+    data = root / "brats"
+    generate_brats(data, cases=4, size=(48, 48, 32), seed=1, workers=1, verbose=False)
+    from common.data.brats import write_split_file
+
+    write_split_file(data, root / "datalist.json", folds=2, seed=0)
+    settings = {
+        **TINY,
+        "bundle_root": str(BUNDLE),
+        "dataset_dir": str(data),
+        "split_file": str(root / "datalist.json"),
+        "ckpt_dir": str(root / "models"),
+        "num_workers": 0,
+        "val_interval": 1,
+    }
+    train = _overlay(root / "train.json", {**settings, "epochs": 1, "output_dir": str(root / "train")})
+    zoo.monai_bundle_run([CONFIGS / "train.json", train], log_file=root / "train1.log")
+    return {"root": root, "data": data, "settings": settings}
+
+
+def test_resume_continues_from_the_last_epoch(trained):
+    root, settings = trained["root"], trained["settings"]
+    assert (root / "models" / "checkpoint_epoch=1.pt").is_file()
+    resume = _overlay(root / "resume.json", {**settings, "epochs": 2, "resume": True, "output_dir": str(root / "t2")})
+    zoo.monai_bundle_run([CONFIGS / "train.json", resume], log_file=root / "train2.log")
+    log = (root / "train2.log").read_text()
+    assert "SupervisedTrainer - INFO - Epoch[2] Complete" in log
+    assert "SupervisedTrainer - INFO - Epoch[1] Complete" not in log, "resumed training repeated epoch 1"
+    assert (root / "models" / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_resume_without_checkpoint_says_what_is_missing(tmp_path, trained):
+    settings = {**trained["settings"], "ckpt_dir": str(tmp_path / "empty"), "resume": True, "epochs": 1}
+    overlay = _overlay(tmp_path / "o.json", {**settings, "output_dir": str(tmp_path / "out")})
+    with pytest.raises(RuntimeError):
+        zoo.monai_bundle_run([CONFIGS / "train.json", overlay], log_file=tmp_path / "log")
+    # MONAI wraps the message in its own RuntimeError; the cause is in the log.
+    assert f"{tmp_path / 'empty'}: no checkpoint to resume from" in (tmp_path / "log").read_text()
+
+
+def test_evaluation_writes_per_case_dice_and_hd95(trained):
+    root, settings = trained["root"], trained["settings"]
+    overlay = _overlay(root / "eval.json", {**settings, "output_dir": str(root / "eval")})
+    zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", overlay], log_file=root / "eval.log")
+    summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
+    for region in ("tc", "wt", "et"):
+        assert f"val_dice_{region}" in summary["metrics"] and f"val_hd95_{region}" in summary["metrics"]
+        rows = (root / "eval" / f"val_hd95_{region}_raw.csv").read_text().splitlines()
+        assert len(rows) == 1 + summary["cases"] == 1 + 2  # header + one row per validation case
+    assert summary["summary"]["val_dice_wt"]["mean"]["mean"] is not None
+
+
+def test_inference_writes_the_inputs_label_convention_and_affine(tmp_path, trained):
+    data = tmp_path / "brats2023"
+    ids = generate_brats(data, cases=1, size=(48, 48, 32), seed=2, convention="2023", workers=1, verbose=False)
+    settings = {**TINY, "bundle_root": str(BUNDLE), "ckpt_dir": trained["settings"]["ckpt_dir"]}
+    overlay = _overlay(tmp_path / "infer.json", {**settings, "dataset_dir": str(data), "output_dir": str(tmp_path)})
+    zoo.monai_bundle_run([CONFIGS / "inference.json", overlay], log_file=tmp_path / "infer.log")
+    prediction = nib.load(tmp_path / f"{ids[0]}_seg.nii.gz")
+    source = nib.load(data / ids[0] / f"{ids[0]}-t1n.nii.gz")
+    assert prediction.shape == source.shape
+    np.testing.assert_allclose(prediction.affine, source.affine)
+    assert set(np.unique(np.asarray(prediction.dataobj)).tolist()) <= {0, 1, 2, 3}
+    assert prediction.get_data_dtype() == np.uint8
+
+
+def test_inference_on_a_wrong_folder_names_the_problem(tmp_path):
+    (tmp_path / "not_brats").mkdir()
+    (tmp_path / "not_brats" / "scan.nii.gz").write_bytes(b"")
+    settings = {**TINY, "dataset_dir": str(tmp_path / "not_brats"), "load_pretrain": False}
+    configs = [CONFIGS / "inference.json", _overlay(tmp_path / "o.json", settings)]
+    with pytest.raises(RuntimeError):
+        zoo.monai_bundle_run(configs, log_file=tmp_path / "log")
+    log = (tmp_path / "log").read_text()
+    assert f"'{tmp_path / 'not_brats'}' holds no case folders" in log
+    assert "BraTS2021_00000" in log and "BraTS-GLI-00000-000" in log  # what was expected, in both conventions
