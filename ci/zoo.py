@@ -58,7 +58,6 @@ def bundle_env(extra_pythonpath: Sequence[Path] = (REPO_ROOT,)) -> dict[str, str
 
 def monai_bundle_run(
     config_files: Sequence[Path],
-    overrides: Mapping[str, object] | None = None,
     cwd: Path = REPO_ROOT,
     log_file: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -66,13 +65,12 @@ def monai_bundle_run(
 ) -> float:
     """Run ``python -m monai.bundle run`` on stacked config files and return the wall time in seconds.
 
-    Overrides are passed as ``--id value`` pairs, values JSON-encoded so that lists and booleans survive fire's
-    parsing. Output goes to ``log_file`` (or is inherited); a failure raises ``RuntimeError`` carrying the log tail.
+    Settings travel as a last config file (an overlay) rather than ``--id value`` pairs, so that lists, booleans
+    and expressions keep their JSON types. Output goes to ``log_file`` (or is inherited); a failure raises
+    ``RuntimeError`` carrying the log tail.
     """
     files = "[" + ",".join(repr(str(f)) for f in config_files) + "]"
     cmd = [python, "-m", "monai.bundle", "run", "--config_file", files]
-    for key, value in (overrides or {}).items():
-        cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     start = time.perf_counter()
     if log_file is None:
         proc = subprocess.run(cmd, cwd=cwd, env=dict(env or bundle_env()))
