@@ -39,6 +39,7 @@ from pathlib import Path
 import zoo
 
 sys.path.insert(0, str(zoo.REPO_ROOT))
+from common.io import atomic_write_json  # noqa: E402
 from common.metrics import read_metrics_csv  # noqa: E402
 
 STAGES = ("train", "evaluate", "inference")
@@ -172,12 +173,6 @@ def plot_overlay(image_path: Path, label_path: Path, pred_path: Path, title: str
     plt.close(fig)
 
 
-def _write_json(path: Path, content: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".part")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run_bundle(
     bundle: Path, out_root: Path, data_root: Path, step: str = "", train_overrides: dict | None = None
 ) -> dict:
@@ -212,14 +207,14 @@ def run_bundle(
             **spec.get(stage, {}),
         }
         overlay_file = work_dir / f"demo_{stage}.json"
-        _write_json(overlay_file, overlay)
+        atomic_write_json(overlay_file, overlay)
         configs = [bundle / "configs" / name for name in STAGE_CONFIGS[stage]] + [overlay_file]
         print(f"{step} {bundle.name}: {stage} (log: {logs / (stage + '.log')})", flush=True)
         timings[stage] = round(zoo.monai_bundle_run(configs, log_file=logs / f"{stage}.log"), 1)
         print(f"{step} {bundle.name}: {stage} done in {timings[stage]:.1f} s", flush=True)
 
     summary["metrics"] = read_metrics_csv(out / "evaluate" / "metrics.csv")
-    _write_json(out / "metrics.json", summary)
+    atomic_write_json(out / "metrics.json", summary)
     plot_training_curve(read_scalars(out / "train"), bundle.name, out / "training_curve.png")
     overlay_spec = spec["overlay"]
     summary["overlays"] = []

@@ -50,6 +50,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from common.io import atomic_write_json
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
@@ -431,22 +432,6 @@ def make_folds(
     }
 
 
-def _atomic_write_json(obj: Any, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # write next to the target so os.replace stays on one filesystem and is atomic: readers see old or new file
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_split_file(
     dataset_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -461,7 +446,7 @@ def write_split_file(
         the split dictionary that was written.
     """
     split = make_folds(dataset_dir, folds=folds, seed=seed, modalities=modalities, with_label=with_label)
-    _atomic_write_json(split, Path(out).expanduser())
+    atomic_write_json(Path(out).expanduser(), split)
     return split
 
 

@@ -12,10 +12,11 @@ want one machine-readable file; this writes ``metrics_summary.json`` next to the
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from pathlib import Path
+
+from common.io import atomic_write_json
 
 
 def _number(text: str) -> float | None:
@@ -61,7 +62,5 @@ def write_metrics_summary(output_dir: str | os.PathLike, filename: str = "metric
         with open(raw_files[0]) as f:
             cases = max(sum(1 for _ in f) - 1, 0)
     target = out / filename
-    tmp = target.with_suffix(".json.part")
-    tmp.write_text(json.dumps({"metrics": metrics, "summary": summary, "cases": cases}, indent=2) + "\n")
-    os.replace(tmp, target)
+    atomic_write_json(target, {"metrics": metrics, "summary": summary, "cases": cases})
     return target

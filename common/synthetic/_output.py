@@ -1,12 +1,11 @@
-"""Atomic file output, the manifest protocol and the per-case worker pool shared by the generators.
+"""The manifest protocol and the per-case worker pool shared by the generators.
 
 Protocol (the same for every dataset):
 
 1. If ``out_dir/synthetic_manifest.json`` exists and records the same generator, format version and arguments,
    and every file it lists exists, nothing is done.
 2. Otherwise the old manifest is deleted *first*, so an interrupted regeneration never looks complete.
-3. Every file is written to a hidden temporary name in its destination folder and renamed into place
-   (``os.replace`` is atomic within one file system).
+3. Every file is written atomically (:mod:`common.io`).
 4. Files that the previous manifest listed and the new run does not produce are removed (only those: nothing else
    in the folder is touched), so a reader that globs the folder does not see stale cases.
 5. The new manifest is written last.
@@ -26,10 +25,11 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from common.io import atomic_write_json
+
 __all__ = [
     "MANIFEST_NAME",
     "FORMAT_VERSION",
-    "atomic_write_bytes",
     "nifti_bytes",
     "png_bytes",
     "generate_dataset",
@@ -38,21 +38,6 @@ __all__ = [
 MANIFEST_NAME = "synthetic_manifest.json"
 # Bump when the content produced for identical arguments changes, so that old outputs are regenerated.
 FORMAT_VERSION = 1
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A leading dot and a suffix after the real extension keep readers that glob "*.nii.gz" or "*.png" away from it.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def nifti_bytes(array: np.ndarray, affine: np.ndarray, compresslevel: int = 1) -> bytes:
@@ -177,7 +162,7 @@ def generate_dataset(
     old_files = old.get("files", []) if old is not None else []
     _remove_stale(out, old_files if isinstance(old_files, list) else [], set(files))
     manifest = {**header, "cases": case_ids, "files": files}
-    atomic_write_bytes(out / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    atomic_write_json(out / MANIFEST_NAME, manifest)
     if verbose:
         print(f"{generator}: wrote {len(case_ids)} cases to {out}", flush=True)
     return case_ids

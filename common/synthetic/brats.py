@@ -44,9 +44,10 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from common.data.brats import BRATS_2021, BRATS_2023, BratsConvention
+from common.io import atomic_write_bytes
 
 from ._fields import axis_coords, box_around, case_rng, smooth_field
-from ._output import atomic_write_bytes, generate_dataset, nifti_bytes
+from ._output import generate_dataset, nifti_bytes
 
 __all__ = [
     "BRATS_CONVENTIONS",

@@ -32,9 +32,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from common.data.btcv import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES, btcv_case_paths
+from common.io import atomic_write_bytes
 
 from ._fields import axis_coords, box_around, case_rng, smooth_field
-from ._output import atomic_write_bytes, generate_dataset, nifti_bytes
+from ._output import generate_dataset, nifti_bytes
 
 __all__ = ["CASE_ORDER", "CTPhantom", "make_btcv_case", "btcv_affine", "generate_btcv"]
 

@@ -42,8 +42,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
+from common.io import atomic_write_bytes
+
 from ._fields import case_rng, smooth_field
-from ._output import atomic_write_bytes, generate_dataset, png_bytes
+from ._output import generate_dataset, png_bytes
 
 __all__ = [
     "Structure",
