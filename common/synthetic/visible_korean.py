@@ -42,6 +42,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
+from common.data.visible_korean import read_colour_table
 from common.io import atomic_write_bytes
 
 from ._fields import case_rng, smooth_field
@@ -151,25 +152,6 @@ def write_colour_table(out_dir: str | os.PathLike) -> str:
         writer.writerow([s.name, s.group, *colours[s.name]])
     atomic_write_bytes(Path(out_dir) / COLOUR_TABLE, buf.getvalue().encode("utf-8"))
     return COLOUR_TABLE
-
-
-def read_colour_table(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, int, int]]]:
-    """Parse a colour table: structure -> (group, (r, g, b)). Raises ``ValueError`` naming the file if malformed."""
-    out: dict[str, tuple[str, tuple[int, int, int]]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        expected = ["structure", "group", "red", "green", "blue"]
-        if reader.fieldnames != expected:
-            raise ValueError(f"{path}: expected columns {expected}, got {reader.fieldnames}")
-        for row in reader:
-            try:
-                rgb = (int(row["red"]), int(row["green"]), int(row["blue"]))
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{path}: bad colour in row {row}") from e
-            if row["group"] not in GROUPS or not all(0 <= c <= 255 for c in rgb):
-                raise ValueError(f"{path}: bad group or colour in row {row}")
-            out[row["structure"]] = (row["group"], rgb)
-    return out
 
 
 @dataclass

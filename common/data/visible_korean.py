@@ -1,0 +1,889 @@
+"""Visible Korean (VK) body slices: colour table, colour-coded segmentations to bone/muscle label maps, the 8:2
+split with a quality-check list, and the MONAI preprocessing of the ``fct_visible_korean`` bundle.
+
+On-disk layout (the one :mod:`common.synthetic.visible_korean` writes its phantoms in)::
+
+    DIR/colour_table.csv            one row per structure: structure,group,red,green,blue
+    DIR/images/<name>.png           8-bit RGB photograph of one body slice, (H, W, 3)
+    DIR/segmentations/<name>.png    8-bit RGB colour-coded segmentation of the same slice, same (H, W);
+                                    every structure is filled with its colour, (0, 0, 0) = unlabelled
+
+``<name>`` ends in the slice number (``VK_0000``, ``VK_0001``, ...); it orders the slices along the body, which the
+block-wise split needs. The phantoms' ``synthetic_manifest.json`` is not part of the layout and is ignored.
+
+Colour table (:func:`read_colour_table`): a UTF-8 CSV file (an Excel byte-order mark is accepted) whose header
+holds the columns ``structure, group, red, green, blue`` (any order; extra columns such as a Korean name are
+ignored). ``group`` is ``bone``, ``muscle`` or ``other``; colours are integers 0-255. Structure names and colours
+must be unique (two structures sharing a colour cannot be told apart) and (0, 0, 0) is reserved for unlabelled
+pixels. Every problem is reported with the file name and its row number (the header is row 1).
+
+Label maps (:class:`ColourCoding`, :func:`segmentation_to_labels`): :data:`VK_LABELS` = {0 background, 1 bone,
+2 muscle}. A pixel whose colour is a ``bone`` structure's becomes 1, a ``muscle`` structure's 2, an ``other``
+structure's or black 0. A colour that is in no row of the table is an error by default (a wrong or outdated table
+would otherwise silently turn structures into background); ``unknown="background"`` maps such colours to 0 and logs
+a warning. Either way the message names the file and lists the unknown colours with their pixel counts, most
+frequent first. The look-up is one gather from a 2**24-entry table indexed by the packed RGB value, so a
+2048 x 1216 slice takes milliseconds.
+
+Preparation (:func:`prepare`)::
+
+    python -m common.data.visible_korean prepare --dataset-dir DIR --out OUT \\
+        [--val-fraction 0.2] [--quality-check 4] [--block-size 50] [--seed 0] [--unknown-colours error]
+
+It checks every slice pair (both files present, 8-bit RGB PNG, same H x W), converts every segmentation and
+writes ``OUT/labels/<name>.png`` (uint8 label map, same H x W as the photograph, values in {0, 1, 2}), then
+``OUT/datalist.json`` last. All problems of all files are gathered into one error raised after the scan; an old
+``datalist.json`` is removed before the scan, so a failed run never leaves a datalist behind, and every file is
+written atomically (temporary file, then rename). The datalist holds ``training``, ``validation`` and
+``quality_check`` lists of ``{"image": ..., "label": ...}`` with absolute paths
+(``monai.data.load_decathlon_datalist`` accepts any ``base_dir``), plus ``labels`` (decathlon style
+``{"0": "background", ...}``), the split arguments, ``dataset_dir``, ``colour_table_sha256`` and
+``num_training`` / ``num_validation`` / ``num_quality_check``. The same inputs and arguments give byte-identical
+outputs.
+
+Split (:func:`split_slices`): the seminar trains on 80 % of the slices and validates on 20 %. Adjacent 1 mm slices
+are near-duplicates, so a random per-slice split puts a near-copy of almost every validation slice into training
+and overstates the scores. Slices are therefore grouped into blocks of ``block_size`` consecutive slice numbers
+(default 50, 5 cm of body), the blocks are put in a seed-dependent order (a SHA-256 hash of ``seed`` and block
+index, the same on every platform), and the slices are taken in that order: the first
+``quality_check + round(val_fraction * (n - quality_check))`` are held out, the rest are training. Only slices next
+to a block boundary still have a near-duplicate on the other side. ``--block-size 1`` gives the random per-slice
+split. The ``quality_check`` slices (default 4: one 2 x 2 figure for a visual check, 0.2 % of the 1702 slices of
+the whole-body set) are spread evenly over the held-out slices, so they lie in different blocks, and are excluded
+from both training and validation; their neighbours are validation slices, so the network never trained near them.
+Use ``--quality-check 0`` to keep every slice for training and validation.
+
+MONAI preprocessing of the bundle (:func:`preprocessing_config`; the bundle configs list exactly these
+transforms)::
+
+    [
+        {"_target_": "LoadImaged", "keys": ["image", "label"]},
+        {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0, "a_max": 255, "b_min": 0.0, "b_max": 1.0,
+         "clip": true},
+        {"_target_": "Resized", "keys": ["image", "label"], "spatial_size": 256, "size_mode": "longest",
+         "mode": ["area", "nearest-exact"]},
+        {"_target_": "SpatialPadd", "keys": ["image", "label"], "spatial_size": [256, 256]}
+    ]
+
+- ``LoadImaged`` reads PNGs with MONAI's ``PILReader``, which swaps the two axes (``reverse_indexing``): an H x W
+  photograph arrives as ``(W, H, 3)`` and its label as ``(W, H)``. Both are swapped alike, so they stay aligned, and
+  ``SaveImaged(output_ext=".png")`` swaps back, so predictions are written H x W like the input.
+- The photograph becomes ``(3, W, H)``, the label ``(1, W, H)``; intensities are divided by 255 (a fixed range, not
+  per-image min/max, so a pale slice stays pale).
+- The longest side is resized to 256 keeping the aspect ratio (2048 x 1216 becomes 256 x 152). The photograph uses
+  ``area`` averaging: a box filter, so shrinking 8-fold does not alias (``bilinear`` with ``anti_aliasing`` would
+  too, but its large Gaussian blur is far slower on a CPU). The label uses ``nearest-exact``, so its values stay in
+  {0, 1, 2}; plain ``nearest`` samples the first source pixel of each output pixel instead of its centre and
+  shifts the label by half an output pixel (3.5 source pixels at 8-fold) against the area-averaged photograph.
+- The short side is padded symmetrically with zeros to 256. Together this is pad-to-square then resize, without
+  distorting the 1.68 : 1 slices (a plain resize to 256 x 256 would squash them).
+- Inference: ``Invertd(keys="pred", transform="@preprocessing", orig_keys="image", nearest_interp=False)`` on the
+  ``(3, 256, 256)`` softmax output undoes the padding and the resize, then ``AsDiscreted(keys="pred",
+  argmax=True)`` gives the label map at the photograph's own size (``nearest_interp=True`` on the argmax works
+  too); ``SaveImaged(keys="pred", output_ext=".png", output_dtype=numpy.uint8, scale=None, resample=False)``
+  writes it as an H x W PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import logging
+import math
+import os
+import re
+import struct
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from common.io import atomic_write_bytes, atomic_write_json
+
+__all__ = [
+    "VK_LABELS",
+    "GROUPS",
+    "GROUP_LABELS",
+    "COLOUR_TABLE_NAME",
+    "COLOUR_TABLE_COLUMNS",
+    "DATALIST_NAME",
+    "UNKNOWN_COLOUR_POLICIES",
+    "VKDataError",
+    "VKFileNotFoundError",
+    "UnknownColoursError",
+    "ColourTableEntry",
+    "ColourCoding",
+    "SlicePaths",
+    "read_colour_table",
+    "segmentation_to_labels",
+    "format_colour_counts",
+    "read_rgb_png",
+    "read_pair",
+    "list_slices",
+    "split_slices",
+    "prepare",
+    "preprocessing_config",
+    "vk_preprocessing",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+VK_LABELS: dict[str, int] = {"background": 0, "bone": 1, "muscle": 2}
+"""Label values of the prepared label maps and of the network's classes."""
+
+GROUPS: tuple[str, ...] = ("bone", "muscle", "other")
+"""Allowed values of the colour table's ``group`` column."""
+
+GROUP_LABELS: dict[str, int] = {"bone": VK_LABELS["bone"], "muscle": VK_LABELS["muscle"], "other": 0}
+"""Label value of every structure of a group."""
+
+COLOUR_TABLE_NAME = "colour_table.csv"
+COLOUR_TABLE_COLUMNS: tuple[str, ...] = ("structure", "group", "red", "green", "blue")
+DATALIST_NAME = "datalist.json"
+UNKNOWN_COLOUR_POLICIES: tuple[str, ...] = ("error", "background")
+
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_QUALITY_CHECK = 4
+DEFAULT_BLOCK_SIZE = 50
+DEFAULT_SIZE = 256
+
+RGB = tuple[int, int, int]
+ColourCount = tuple[RGB, int]
+
+_UNKNOWN = 255  # look-up value of colours in no row of the table; never a label value
+_SHOWN_COLOURS = 10  # unknown colours listed per message
+_SHOWN_PROBLEMS = 20  # colour-table problems listed per message
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
+_LAYOUT = (
+    "Expected layout:\n"
+    f"  DIR/{COLOUR_TABLE_NAME}            columns {','.join(COLOUR_TABLE_COLUMNS)}\n"
+    "  DIR/images/<name>.png           8-bit RGB slice photographs\n"
+    "  DIR/segmentations/<name>.png    8-bit RGB colour-coded segmentations, same names and sizes"
+)
+
+
+class VKDataError(ValueError):
+    """A Visible Korean dataset folder, colour table, image or segmentation is not what was expected."""
+
+
+class VKFileNotFoundError(VKDataError, FileNotFoundError):
+    """A Visible Korean dataset folder or file does not exist."""
+
+
+class UnknownColoursError(VKDataError):
+    """A segmentation holds colours that are in no row of the colour table.
+
+    Attributes:
+        name: the segmentation's file name (or what the caller called the array).
+        colours: ``[((r, g, b), pixel count), ...]``, most frequent first.
+    """
+
+    def __init__(self, name: str, colours: Sequence[ColourCount]):
+        self.name = name
+        self.colours = list(colours)
+        super().__init__(
+            f"Segmentation '{name}' holds {len(self.colours)} colour(s) that are in no row of the colour table: "
+            f"{format_colour_counts(self.colours)}. Expected only colours of the table or (0, 0, 0) for unlabelled; "
+            "add the structures to the table, or pass unknown='background' (--unknown-colours background) to "
+            "treat them as background."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# colour table
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ColourTableEntry(NamedTuple):
+    """One structure of the colour table; unpacks as ``group, (r, g, b)``."""
+
+    group: str
+    rgb: RGB
+
+
+_COLOUR_VALUE = re.compile(r"\d{1,3}")
+
+
+def read_colour_table(path: str | os.PathLike) -> dict[str, ColourTableEntry]:
+    """Read and validate a colour table (module docstring): structure name -> ``(group, (r, g, b))``, in file order.
+
+    Raises:
+        VKFileNotFoundError: the file does not exist.
+        VKDataError: the file is not UTF-8, lacks a column, has no rows, or has rows with a wrong group, a colour
+            outside 0-255, a repeated structure name, a colour used twice, or the reserved (0, 0, 0); the message
+            names the file and lists every problem with its row number.
+    """
+    path = Path(path)
+    expected = ",".join(COLOUR_TABLE_COLUMNS)
+    if not path.is_file():
+        raise VKFileNotFoundError(f"Colour table '{path}' does not exist; expected a CSV file with columns {expected}.")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # "-sig" drops the byte-order mark spreadsheet programs write
+    except UnicodeDecodeError as e:
+        raise VKDataError(
+            f"Colour table '{path}' is not UTF-8 text ({e}); expected a CSV file with columns {expected}."
+        ) from e
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+    if header is None:
+        raise VKDataError(f"Colour table '{path}' is empty; expected a header row with columns {expected}.")
+    header = [cell.strip() for cell in header]
+    missing = [c for c in COLOUR_TABLE_COLUMNS if c not in header]
+    repeated = sorted({c for c in header if c and header.count(c) > 1})
+    if missing or repeated:
+        found = ",".join(header)
+        what = f"lacks column(s) {', '.join(missing)}" if missing else f"repeats column(s) {', '.join(repeated)}"
+        raise VKDataError(
+            f"Colour table '{path}' row {reader.line_num}: the header {what}; found '{found}', expected the columns "
+            f"{expected} (any order, extra columns are ignored)."
+        )
+    column = {c: header.index(c) for c in COLOUR_TABLE_COLUMNS}
+
+    table: dict[str, ColourTableEntry] = {}
+    row_of_name: dict[str, int] = {}
+    owner_of_colour: dict[RGB, tuple[str, int]] = {}
+    problems: list[str] = []
+    for row in reader:
+        row_number = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < len(header):
+            problems.append(f"row {row_number}: {len(row)} value(s), expected {len(header)} ({','.join(header)})")
+            continue
+        name, group = row[column["structure"]].strip(), row[column["group"]].strip()
+        row_problems = []
+        if not name:
+            row_problems.append("empty structure name")
+        elif name in row_of_name:
+            row_problems.append(f"duplicate structure '{name}' (first in row {row_of_name[name]})")
+        if group not in GROUPS:
+            row_problems.append(f"bad group '{group}', expected one of {', '.join(GROUPS)}")
+        channels = []
+        for channel in ("red", "green", "blue"):
+            value = row[column[channel]].strip()
+            if _COLOUR_VALUE.fullmatch(value) and int(value) <= 255:
+                channels.append(int(value))
+            else:
+                row_problems.append(f"{channel} '{value}' is not an integer in 0-255")
+        if len(channels) == 3:
+            rgb: RGB = (channels[0], channels[1], channels[2])
+            if rgb == (0, 0, 0):
+                row_problems.append("colour (0, 0, 0) is reserved for unlabelled pixels")
+            elif rgb in owner_of_colour:
+                other, other_row = owner_of_colour[rgb]
+                row_problems.append(
+                    f"duplicate colour {rgb}, already used by '{other}' in row {other_row} "
+                    "(two structures with one colour cannot be told apart)"
+                )
+        if row_problems:
+            problems.append(f"row {row_number} ('{name}'): " + "; ".join(row_problems))
+            continue
+        table[name] = ColourTableEntry(group, rgb)
+        row_of_name[name] = row_number
+        owner_of_colour[rgb] = (name, row_number)
+    if problems:
+        shown = "\n  ".join(problems[:_SHOWN_PROBLEMS])
+        more = f"\n  ... and {len(problems) - _SHOWN_PROBLEMS} more" if len(problems) > _SHOWN_PROBLEMS else ""
+        raise VKDataError(f"Colour table '{path}' has {len(problems)} bad row(s):\n  {shown}{more}")
+    if not table:
+        raise VKDataError(f"Colour table '{path}' has a header but no rows; expected one row per structure.")
+    return table
+
+
+def _colour_table_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# colour-coded segmentation -> label map
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _packed(rgb: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` uint8 -> ``(...)`` int32 ``r << 16 | g << 8 | b``."""
+    rgb = rgb.astype(np.int32, copy=False)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _unpacked(code: int) -> RGB:
+    return (code >> 16) & 255, (code >> 8) & 255, code & 255
+
+
+def format_colour_counts(colours: Sequence[ColourCount], limit: int = _SHOWN_COLOURS) -> str:
+    """``"(12, 34, 56) x 120 px, (1, 2, 3) x 5 px and 4 more colour(s) (9 px)"``: the first ``limit`` colours."""
+    shown = ", ".join(f"{tuple(rgb)} x {count} px" for rgb, count in colours[:limit])
+    rest = colours[limit:]
+    if rest:
+        shown += f" and {len(rest)} more colour(s) ({sum(c for _, c in rest)} px)"
+    return shown
+
+
+def _check_rgb_array(segmentation: Any, name: str) -> np.ndarray:
+    array = np.asarray(segmentation)
+    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise VKDataError(
+            f"Segmentation '{name}' is an array of shape {array.shape} and dtype {array.dtype}; expected an RGB "
+            "image of shape (H, W, 3) and dtype uint8."
+        )
+    return array
+
+
+class ColourCoding:
+    """Converts colour-coded segmentations to label maps {0 background, 1 bone, 2 muscle} with one colour table.
+
+    Build it once and apply it to many slices: it holds a 16 MiB look-up table indexed by the packed RGB value.
+
+    Args:
+        table: structure -> ``(group, (r, g, b))``, as returned by :func:`read_colour_table`.
+        source: what to call the table in messages (e.g. its file name).
+
+    Raises:
+        VKDataError: a group is not one of :data:`GROUPS`, a colour is (0, 0, 0) or outside 0-255, or one colour
+            belongs to two structures.
+    """
+
+    def __init__(self, table: Mapping[str, tuple[str, Sequence[int]]], source: str = "colour table") -> None:
+        self._lut = np.full(1 << 24, _UNKNOWN, np.uint8)
+        self._lut[0] = 0
+        owner: dict[RGB, str] = {}
+        for name, (group, colour) in table.items():
+            rgb = tuple(int(c) for c in colour)
+            if group not in GROUPS:
+                raise VKDataError(f"{source}: structure '{name}' has bad group '{group}'; expected one of {GROUPS}.")
+            if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb) or rgb == (0, 0, 0):
+                raise VKDataError(
+                    f"{source}: structure '{name}' has colour {rgb}; expected 3 integers in 0-255, not (0, 0, 0) "
+                    "(reserved for unlabelled pixels)."
+                )
+            if rgb in owner:
+                raise VKDataError(f"{source}: structures '{owner[rgb]}' and '{name}' share the colour {rgb}.")
+            owner[rgb] = name
+            self._lut[(rgb[0] << 16) | (rgb[1] << 8) | rgb[2]] = GROUP_LABELS[group]
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> ColourCoding:
+        """Read ``path`` with :func:`read_colour_table` and build the coding."""
+        return cls(read_colour_table(path), source=f"Colour table '{path}'")
+
+    def decode(self, segmentation: np.ndarray, name: str = "<array>") -> tuple[np.ndarray, list[ColourCount]]:
+        """Label map of ``segmentation`` with unknown colours set to 0, and the unknown colours.
+
+        Args:
+            segmentation: ``(H, W, 3)`` uint8 colour-coded segmentation.
+            name: what to call the array in messages.
+
+        Returns:
+            ``(labels, unknown)``: ``labels`` is ``(H, W)`` uint8 with values in {0, 1, 2}; ``unknown`` lists
+            ``((r, g, b), pixel count)`` of the colours in no row of the table, most frequent first (empty if none).
+        """
+        codes = _packed(_check_rgb_array(segmentation, name))
+        labels = self._lut[codes]
+        is_unknown = labels == _UNKNOWN
+        if not is_unknown.any():
+            return labels, []
+        values, counts = np.unique(codes[is_unknown], return_counts=True)
+        order = np.lexsort((values, -counts))  # most frequent first, ties by colour for a stable message
+        unknown = [(_unpacked(int(v)), int(c)) for v, c in zip(values[order], counts[order], strict=True)]
+        labels[is_unknown] = 0
+        return labels, unknown
+
+    def __call__(self, segmentation: np.ndarray, name: str = "<array>", unknown: str = "error") -> np.ndarray:
+        """``(H, W)`` uint8 label map of an ``(H, W, 3)`` uint8 segmentation.
+
+        Args:
+            segmentation: colour-coded segmentation.
+            name: what to call it in messages (the file name).
+            unknown: ``"error"`` raises :class:`UnknownColoursError` when a colour is in no row of the table;
+                ``"background"`` maps such colours to 0 and logs a warning listing them.
+        """
+        _check_policy(unknown)
+        labels, colours = self.decode(segmentation, name)
+        if colours:
+            if unknown == "error":
+                raise UnknownColoursError(name, colours)
+            logger.warning(
+                "Segmentation '%s': %d colour(s) in no row of the colour table set to background: %s",
+                name,
+                len(colours),
+                format_colour_counts(colours),
+            )
+        return labels
+
+
+def _check_policy(unknown: str) -> None:
+    if unknown not in UNKNOWN_COLOUR_POLICIES:
+        raise VKDataError(f"unknown must be one of {UNKNOWN_COLOUR_POLICIES}, got {unknown!r}.")
+
+
+def segmentation_to_labels(
+    segmentation: np.ndarray,
+    table: Mapping[str, tuple[str, Sequence[int]]],
+    unknown: str = "error",
+    name: str = "<array>",
+) -> np.ndarray:
+    """``(H, W)`` uint8 label map {0 background, 1 bone, 2 muscle} of an ``(H, W, 3)`` uint8 segmentation.
+
+    A one-off convenience around :class:`ColourCoding`; build a :class:`ColourCoding` once to convert many slices.
+    """
+    return ColourCoding(table)(segmentation, name=name, unknown=unknown)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# image files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _png_size(path: Path, what: str) -> tuple[int, int]:
+    """``(H, W)`` of an 8-bit RGB PNG, read from its header only.
+
+    The header is checked directly because Pillow silently reads a 16-bit RGB PNG as 8-bit RGB, which would alter
+    segmentation colours.
+    """
+    if not path.is_file():
+        raise VKFileNotFoundError(f"{what} '{path}' does not exist; expected an 8-bit RGB PNG file.")
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise VKDataError(f"{what} '{path}' is not a PNG file; expected an 8-bit RGB PNG file.")
+    width, height, bit_depth, colour_type = struct.unpack(">IIBB", head[16:26])
+    if colour_type != 2 or bit_depth != 8:
+        found = f"{bit_depth}-bit {_PNG_COLOUR_TYPES.get(colour_type, f'colour type {colour_type}')}"
+        raise VKDataError(f"{what} '{path}' has {found} pixels; expected 8-bit RGB (24-bit colour, no alpha).")
+    return height, width
+
+
+def read_rgb_png(path: str | os.PathLike, what: str = "Image") -> np.ndarray:
+    """Read an 8-bit RGB PNG as an ``(H, W, 3)`` uint8 array; ``what`` names the file's role in messages."""
+    path = Path(path)
+    size = _png_size(path, what)
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for truncated or corrupt files
+        raise VKDataError(f"{what} '{path}' cannot be decoded ({e}); expected an 8-bit RGB PNG file.") from e
+    if array.shape != (*size, 3):
+        raise VKDataError(f"{what} '{path}' decodes to shape {array.shape}; its header says {(*size, 3)}.")
+    return array
+
+
+def _check_pair(image: Path, segmentation: Path) -> tuple[int, int]:
+    """``(H, W)`` of a slice whose image and segmentation are 8-bit RGB PNGs of the same size (headers only)."""
+    image_size, seg_size = _png_size(image, "Image"), _png_size(segmentation, "Segmentation")
+    if image_size != seg_size:
+        raise VKDataError(
+            f"Segmentation '{segmentation}' is {seg_size[0]} x {seg_size[1]} (H x W) but its image '{image}' is "
+            f"{image_size[0]} x {image_size[1]}; expected the same size."
+        )
+    return image_size
+
+
+def read_pair(image: str | os.PathLike, segmentation: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read one slice: photograph and segmentation, both ``(H, W, 3)`` uint8, checked to be RGB and the same size."""
+    image, segmentation = Path(image), Path(segmentation)
+    _check_pair(image, segmentation)
+    return read_rgb_png(image, "Image"), read_rgb_png(segmentation, "Segmentation")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dataset folder and split
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlicePaths:
+    """The files of one slice.
+
+    Attributes:
+        name: file stem shared by image and segmentation, e.g. ``VK_0042``.
+        number: the slice number (the trailing digits of ``name``), which orders slices along the body.
+        image: the photograph.
+        segmentation: the colour-coded segmentation.
+    """
+
+    name: str
+    number: int
+    image: Path
+    segmentation: Path
+
+
+def _pngs(folder: Path) -> dict[str, Path]:
+    # hidden files are editor or atomic-write debris, not slices
+    return {p.stem: p for p in folder.iterdir() if p.suffix == ".png" and not p.name.startswith(".") and p.is_file()}
+
+
+def _listing(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def list_slices(dataset_dir: str | os.PathLike) -> list[SlicePaths]:
+    """The slices of a VK dataset folder, ordered by slice number.
+
+    Raises:
+        VKFileNotFoundError: the folder, its colour table, ``images/`` or ``segmentations/`` is missing (all missing
+            parts are named at once), or it holds no PNG slice.
+        VKDataError: image and segmentation names do not match, a name has no trailing slice number, or two names
+            have the same number.
+    """
+    root = Path(dataset_dir).expanduser()
+    if not root.is_dir():
+        state = "is not a folder" if root.exists() else "does not exist"
+        raise VKFileNotFoundError(f"Visible Korean dataset folder '{root}' {state}. {_LAYOUT}")
+    missing = [
+        f"{part}{'/' if part != COLOUR_TABLE_NAME else ''}"
+        for part, is_there in (
+            (COLOUR_TABLE_NAME, (root / COLOUR_TABLE_NAME).is_file()),
+            ("images", (root / "images").is_dir()),
+            ("segmentations", (root / "segmentations").is_dir()),
+        )
+        if not is_there
+    ]
+    if missing:
+        hint = ""
+        if any(p.suffix == ".png" for p in root.iterdir()):
+            hint = " It holds PNG files itself: pass the folder that contains images/ and segmentations/."
+        raise VKFileNotFoundError(
+            f"Visible Korean dataset folder '{root}' has no {', '.join(missing)} (found: "
+            f"{_listing(sorted(p.name for p in root.iterdir())) or 'nothing'}).{hint} {_LAYOUT}"
+        )
+    images, segmentations = _pngs(root / "images"), _pngs(root / "segmentations")
+    if not images and not segmentations:
+        raise VKFileNotFoundError(f"Visible Korean dataset folder '{root}' holds no PNG slices. {_LAYOUT}")
+    only_images = sorted(set(images) - set(segmentations))
+    only_segmentations = sorted(set(segmentations) - set(images))
+    if only_images or only_segmentations:
+        parts = []
+        if only_images:
+            parts.append(f"{len(only_images)} image(s) without a segmentation: {_listing(only_images)}")
+        if only_segmentations:
+            parts.append(f"{len(only_segmentations)} segmentation(s) without an image: {_listing(only_segmentations)}")
+        raise VKDataError(
+            f"Visible Korean dataset folder '{root}': images/ and segmentations/ must hold the same file names; "
+            f"{'; '.join(parts)}."
+        )
+    numbers: dict[str, int] = {}
+    unnumbered = []
+    for name in images:
+        match = re.search(r"(\d+)$", name)
+        if match is None:
+            unnumbered.append(name)
+        else:
+            numbers[name] = int(match.group(1))
+    if unnumbered:
+        raise VKDataError(
+            f"Visible Korean dataset folder '{root}': slice name(s) {_listing(sorted(unnumbered))} do not end in a "
+            "slice number; expected names like VK_0042.png (the number orders the slices along the body)."
+        )
+    by_number: dict[int, list[str]] = {}
+    for name, number in numbers.items():
+        by_number.setdefault(number, []).append(name)
+    clashes = [" = ".join(sorted(names)) for _, names in sorted(by_number.items()) if len(names) > 1]
+    if clashes:
+        raise VKDataError(
+            f"Visible Korean dataset folder '{root}': different names with the same slice number: {_listing(clashes)}."
+        )
+    return [
+        SlicePaths(name, numbers[name], images[name], segmentations[name])
+        for name in sorted(numbers, key=lambda n: numbers[n])
+    ]
+
+
+def _block_order_key(seed: int, block: int) -> str:
+    # A keyed hash gives an order that depends only on (seed, block): the same on every platform and NumPy version.
+    return hashlib.sha256(f"{seed}:{block}".encode()).hexdigest()
+
+
+def split_slices(
+    numbers: Sequence[int],
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    quality_check: int = DEFAULT_QUALITY_CHECK,
+    seed: int = 0,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> dict[str, list[int]]:
+    """Block-wise split of slice numbers into training, validation and quality-check slices (module docstring).
+
+    Args:
+        numbers: distinct slice numbers.
+        val_fraction: fraction of the slices other than the quality-check ones that go to validation, in (0, 1);
+            rounded half up, at least one slice each for training and validation.
+        quality_check: number of held-out slices for visual checks, in neither training nor validation.
+        seed: the block order.
+        block_size: slices with ``number // block_size`` equal form a block; 1 gives a per-slice random split.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "quality_check": [...]}``, each sorted by slice number.
+    """
+    numbers = sorted(int(n) for n in numbers)
+    if len(set(numbers)) != len(numbers):
+        raise VKDataError("Slice numbers must be distinct.")
+    if not 0 < val_fraction < 1:
+        raise VKDataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
+    if int(quality_check) != quality_check or quality_check < 0:
+        raise VKDataError(f"quality_check must be an integer >= 0, got {quality_check}.")
+    if int(block_size) != block_size or block_size < 1:
+        raise VKDataError(f"block_size must be an integer >= 1, got {block_size}.")
+    quality_check, block_size = int(quality_check), int(block_size)
+    rest = len(numbers) - quality_check
+    if rest < 2:
+        raise VKDataError(
+            f"{len(numbers)} slice(s) cannot give {quality_check} quality-check slice(s) plus at least one training "
+            "and one validation slice."
+        )
+    n_val = min(max(math.floor(val_fraction * rest + 0.5), 1), rest - 1)
+
+    blocks: dict[int, list[int]] = {}
+    for n in numbers:
+        blocks.setdefault(n // block_size, []).append(n)
+    ordered = [n for b in sorted(blocks, key=lambda b: _block_order_key(seed, b)) for n in blocks[b]]
+    held_out, training = ordered[: quality_check + n_val], ordered[quality_check + n_val :]
+    # Evenly spaced over the held-out run, so the quality-check slices come from different blocks.
+    qc_index = {int((i + 0.5) * len(held_out) / quality_check) for i in range(quality_check)}
+    return {
+        "training": sorted(training),
+        "validation": sorted(n for i, n in enumerate(held_out) if i not in qc_index),
+        "quality_check": sorted(held_out[i] for i in qc_index),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# preparation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _label_png(labels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(labels).save(buf, format="PNG")  # (H, W) uint8 -> 8-bit greyscale PNG
+    return buf.getvalue()
+
+
+def prepare(
+    dataset_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    quality_check: int = DEFAULT_QUALITY_CHECK,
+    seed: int = 0,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    unknown: str = "error",
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Write ``out/labels/<name>.png`` for every slice and then ``out/datalist.json`` (module docstring).
+
+    Args:
+        dataset_dir: a VK dataset folder (module docstring).
+        out: output folder (created if missing); may be ``dataset_dir`` itself.
+        val_fraction, quality_check, seed, block_size: see :func:`split_slices`.
+        unknown: ``"error"`` stops when any segmentation holds a colour in no row of the table; ``"background"``
+            maps such colours to 0, logs one warning and records the files in the datalist.
+        verbose: print progress every 100 slices and a summary.
+
+    Returns:
+        The datalist that was written.
+
+    Raises:
+        VKFileNotFoundError, VKDataError: bad folder, colour table, arguments or slices. Slice problems (missing or
+        non-RGB files, size mismatches, unknown colours) of all slices are gathered into one error raised after
+        the scan; no ``datalist.json`` is left in ``out`` then.
+    """
+    _check_policy(unknown)
+    root = Path(dataset_dir).expanduser().resolve()
+    slices = list_slices(root)
+    table_path = root / COLOUR_TABLE_NAME
+    coding = ColourCoding.from_file(table_path)
+    split = split_slices([s.number for s in slices], val_fraction, quality_check, seed, block_size)
+
+    out_dir = Path(out).expanduser().resolve()
+    label_dir = out_dir / "labels"
+    (out_dir / DATALIST_NAME).unlink(missing_ok=True)
+    problems: list[str] = []
+    with_unknown: list[tuple[SlicePaths, list[ColourCount]]] = []
+    for i, s in enumerate(slices):
+        if verbose and i and i % 100 == 0:
+            print(f"prepare: [{i}/{len(slices)}] {s.name}", flush=True)
+        try:
+            _check_pair(s.image, s.segmentation)
+            labels, colours = coding.decode(read_rgb_png(s.segmentation, "Segmentation"), str(s.segmentation))
+        except VKDataError as e:
+            problems.append(str(e))
+            continue
+        if colours:
+            with_unknown.append((s, colours))
+        failing = problems or (with_unknown and unknown == "error")
+        if not failing:  # after the first problem only scan, so that one error can name every bad file
+            atomic_write_bytes(label_dir / f"{s.name}.png", _label_png(labels))
+
+    unknown_lines = [f"'{s.segmentation}': {format_colour_counts(c, limit=3)}" for s, c in with_unknown]
+    if with_unknown and unknown == "error":
+        problems.append(
+            f"{len(with_unknown)} of {len(slices)} segmentation(s) hold colours that are in no row of colour table "
+            f"'{table_path}' (expected only its colours or (0, 0, 0) for unlabelled; fix the table or pass "
+            f"--unknown-colours background):\n  {_overall_unknown(with_unknown)}\n  " + "\n  ".join(unknown_lines)
+        )
+    if problems:
+        raise VKDataError(
+            f"Visible Korean dataset folder '{root}': {len(problems)} problem(s); no datalist written to "
+            f"'{out_dir / DATALIST_NAME}':\n" + "\n".join(problems)
+        )
+    if with_unknown:
+        logger.warning(
+            "%d of %d segmentation(s) hold colours in no row of colour table '%s'; set to background:\n  %s\n  %s",
+            len(with_unknown),
+            len(slices),
+            table_path,
+            _overall_unknown(with_unknown),
+            "\n  ".join(unknown_lines),
+        )
+
+    by_number = {s.number: s for s in slices}
+
+    def items(numbers: list[int]) -> list[dict[str, str]]:
+        return [
+            {"image": str(by_number[n].image), "label": str(label_dir / f"{by_number[n].name}.png")} for n in numbers
+        ]
+
+    datalist: dict[str, Any] = {
+        "description": "Visible Korean bone and muscle label maps with a block-wise training/validation split "
+        "and a held-out quality-check list; written by python -m common.data.visible_korean prepare.",
+        "labels": {str(v): k for k, v in VK_LABELS.items()},
+        "dataset_dir": str(root),
+        "colour_table_sha256": _colour_table_sha256(table_path),
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+        "block_size": int(block_size),
+        "unknown_colours": unknown,
+        "files_with_unknown_colours": [s.name for s, _ in with_unknown],
+        "num_training": len(split["training"]),
+        "num_validation": len(split["validation"]),
+        "num_quality_check": len(split["quality_check"]),
+        "training": items(split["training"]),
+        "validation": items(split["validation"]),
+        "quality_check": items(split["quality_check"]),
+    }
+    atomic_write_json(out_dir / DATALIST_NAME, datalist)
+    if verbose:
+        print(
+            f"prepare: wrote {len(slices)} label maps to {label_dir} and {out_dir / DATALIST_NAME}: "
+            f"{datalist['num_training']} training, {datalist['num_validation']} validation, "
+            f"{datalist['num_quality_check']} quality-check slices (seed {seed}, blocks of {block_size})",
+            flush=True,
+        )
+    return datalist
+
+
+def _overall_unknown(with_unknown: Sequence[tuple[SlicePaths, list[ColourCount]]]) -> str:
+    total: dict[RGB, int] = {}
+    for _, colours in with_unknown:
+        for rgb, count in colours:
+            total[rgb] = total.get(rgb, 0) + count
+    ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
+    return f"all files together: {format_colour_counts(ranked)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MONAI preprocessing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def preprocessing_config(
+    image_key: str = "image", label_key: str | None = "label", size: int = DEFAULT_SIZE
+) -> list[dict[str, Any]]:
+    """The bundle's preprocessing transforms in MONAI bundle config form (module docstring).
+
+    Args:
+        image_key: key of the RGB photograph.
+        label_key: key of the label map; ``None`` for inference.
+        size: side of the square network input.
+    """
+    keys: str | list[str] = [image_key, label_key] if label_key is not None else image_key
+    mode: str | list[str] = ["area", "nearest-exact"] if label_key is not None else "area"
+    return [
+        {"_target_": "LoadImaged", "keys": keys},
+        {"_target_": "EnsureChannelFirstd", "keys": keys},
+        {
+            "_target_": "ScaleIntensityRanged",
+            "keys": image_key,
+            "a_min": 0,
+            "a_max": 255,
+            "b_min": 0.0,
+            "b_max": 1.0,
+            "clip": True,
+        },
+        {"_target_": "Resized", "keys": keys, "spatial_size": size, "size_mode": "longest", "mode": mode},
+        {"_target_": "SpatialPadd", "keys": keys, "spatial_size": [size, size]},
+    ]
+
+
+def vk_preprocessing(image_key: str = "image", label_key: str | None = "label", size: int = DEFAULT_SIZE) -> Any:
+    """:func:`preprocessing_config` instantiated as a ``monai.transforms.Compose``, for scripts and tests."""
+    from monai.bundle import ConfigParser  # MONAI is only needed here; the reader and generator work without it
+
+    config = {"preprocessing": {"_target_": "Compose", "transforms": preprocessing_config(image_key, label_key, size)}}
+    return ConfigParser(config).get_parsed_content("preprocessing")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m common.data.visible_korean prepare --dataset-dir DIR --out OUT [options]``."""
+    parser = argparse.ArgumentParser(prog="python -m common.data.visible_korean", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="write bone/muscle label maps and the datalist of a Visible Korean folder")
+    p.add_argument("--dataset-dir", required=True, help="folder with colour_table.csv, images/ and segmentations/")
+    p.add_argument("--out", required=True, help="output folder for labels/ and datalist.json (created if missing)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=DEFAULT_VAL_FRACTION,
+        help=f"validation fraction of the non-quality-check slices (default {DEFAULT_VAL_FRACTION})",
+    )
+    p.add_argument(
+        "--quality-check",
+        type=int,
+        default=DEFAULT_QUALITY_CHECK,
+        help=f"held-out slices for visual checks, in neither split (default {DEFAULT_QUALITY_CHECK})",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=DEFAULT_BLOCK_SIZE,
+        help=f"consecutive slices kept on one side of the split (default {DEFAULT_BLOCK_SIZE}; 1 = per-slice)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="order of the blocks (default 0)")
+    p.add_argument(
+        "--unknown-colours",
+        choices=UNKNOWN_COLOUR_POLICIES,
+        default="error",
+        help="colours in no row of the colour table: stop (default) or treat as background with a warning",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        prepare(
+            args.dataset_dir,
+            args.out,
+            val_fraction=args.val_fraction,
+            quality_check=args.quality_check,
+            seed=args.seed,
+            block_size=args.block_size,
+            unknown=args.unknown_colours,
+            verbose=True,
+        )
+    except VKDataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
