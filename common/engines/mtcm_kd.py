@@ -1,0 +1,515 @@
+"""Online MTCM-KD training: three unimodal teachers, the CDSFL fusion module and a unimodal student in one loop.
+
+MTCM-KD (multi-teacher cross-modal knowledge distillation with cooperative deep supervision fusion learning; Ahmad,
+Ullah, Gwak, Knowledge-Based Systems 297, 2024). Sourced from RhineLT/mtcm-kd ``training.py`` @0d44741, research
+notes ``brats_methods.md`` sections 1.3-1.5. :class:`MTCMKDTrainer` is a MONAI ``SupervisedTrainer`` whose
+``network``/``optimizer`` are the student's, so MONAI handlers (validation, checkpoints, stats, LR schedules) see an
+ordinary trainer, and a bundle config builds it like one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
+from monai.transforms import Transform
+from monai.utils import IgniteInfo, min_version, optional_import
+from monai.utils.enums import CommonKeys as Keys
+from torch.optim.optimizer import Optimizer
+from torch.utils.data import DataLoader
+
+from common.losses.distillation import KD_REDUCTIONS, PerformanceTeacherWeights, kd_loss, whole_tumor_dice
+from common.losses.segmentation import DiceJaccardCELoss
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+
+__all__ = ["MTCMKDTrainer", "TeacherStepOutput"]
+
+# The teachers' fused features and the student's distilled deep-supervision head are the decoder level at 1/2
+# resolution (64 channels at 64^3 upstream): ``forward_features(x)[1][1]`` and ``student(x)[1]``.
+_FUSION_LEVEL = 1
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
+def _downsample_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Labels ``(B, 1 or C, *S)`` resized to ``size`` by nearest-neighbour interpolation, as the authors' targets."""
+    return F.interpolate(_plain(labels).float(), size=tuple(size), mode="nearest")
+
+
+def _parameter_ids(modules: Iterable[nn.Module | None]) -> set[int]:
+    return {id(p) for m in modules if m is not None for p in m.parameters() if p.requires_grad}
+
+
+def _optimizer_ids(optimizer: Optimizer | None) -> set[int]:
+    if optimizer is None:
+        return set()
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+class TeacherStepOutput(NamedTuple):
+    """What one teacher step hands to the student step: detached targets and the detached losses for logging."""
+
+    logits: list[torch.Tensor]  # per teacher, (B, C, *S), detached
+    fused: torch.Tensor | None  # CDSFL logits (B, C, *S/2), detached; None without fusion
+    loss: torch.Tensor  # L_T
+    seg_losses: list[torch.Tensor]  # per teacher L_seg(y, t_i)
+    cooperative_loss: torch.Tensor | None  # L_seg(y at 1/2, c)
+    wt_dice: torch.Tensor  # (num_teachers, B) hard-argmax whole-tumour Dice
+
+
+class MTCMKDTrainer(SupervisedTrainer):
+    """Online multi-teacher cross-modal KD with cooperative deep supervision fusion learning (MTCM-KD).
+
+    Each iteration, on a batch whose image stacks every modality as channels and whose label holds class indices
+    ``(B, 1, *S)`` (0 background, 1 NCR, 2 ED, 3 ET after ``ConvertBratsLabelsd(target="index")``):
+
+    1. **Teachers + CDSFL.** Teacher ``i`` sees channel ``teacher_channels[i]`` and gives logits ``t_i`` and decoder
+       features (``forward_features``); the fusion module turns the teachers' 1/2-resolution features into logits
+       ``c``. One step of ``teacher_optimizer`` on
+
+       ``L_T = sum_i L_seg(y, t_i) + cooperative_weight * L_seg(y_1/2, c)``
+
+       where ``y_1/2`` is the label resized to ``c``'s grid by nearest-neighbour interpolation. Each teacher's
+       hard-argmax whole-tumour Dice on the batch is added to :attr:`teacher_weights`.
+    2. **Student.** The student sees channel ``student_channel`` and, in training mode, returns
+       ``[s, s_ds, ...]`` (logits and the 1/2-resolution deep-supervision head). One step of ``optimizer`` on
+
+       ``L_S = student_seg_weight * L_seg(y, s) + sum_i w_i KD(s, t_i)
+       + deep_supervision_weight * [f * L_seg(y_1/2, s_ds) + (1 - f) * KD(s_ds, c)]``,
+       ``f = deep_supervision_seg_fraction``,
+
+       from epoch ``kd_start_epoch`` on (counting from 0), and ``L_S = L_seg(y, s)`` before it (the authors: weight 1,
+       no KD, no deep supervision in epoch 0). ``KD`` is :func:`common.losses.distillation.kd_loss` with
+       ``temperature`` and ``kd_reduction``; its teacher side is the teachers' logits and ``c`` of step 1, detached,
+       so no gradient of ``L_S`` reaches a teacher or the fusion module, and ``L_T`` never involves the student.
+    3. **Teacher weights.** ``w_i`` are :class:`~common.losses.distillation.PerformanceTeacherWeights`: 0.1 each
+       until the first epoch ends, then ``teacher_kd_weight * D_i / sum_j D_j`` from each teacher's mean whole-tumour
+       Dice ``D_i`` over the previous epoch's training batches (an even split when every ``D_i`` is 0). They are
+       updated by an ``EPOCH_COMPLETED`` handler registered before ``train_handlers``, so a ``CheckpointSaver`` among
+       them (or attached later) saves the weights for the next epoch and a resumed run continues with them.
+
+    Variants: ``fusion=None`` is multi-teacher KD without CDSFL (the cooperative term and the deep-supervision KD
+    term vanish; the deep-supervision GT term stays, set ``deep_supervision_weight=0`` to drop it); ``use_kd=False``
+    is the unimodal baseline, ``L_S = L_seg(y, s)`` in every epoch, and needs no teachers (given ones still train).
+
+    ``engine.state.output`` holds ``image`` (the full multimodal input), ``label``, ``pred`` (the student's
+    full-resolution logits, what post-processing, metrics and evaluation handlers use), ``loss`` (``L_S``), and for
+    logging, as 0-d tensors: ``student_seg_loss``, ``kd_loss`` (``sum_i w_i KD``), ``deep_supervision_loss``,
+    ``teacher_loss`` (``L_T``), ``cooperative_loss``, ``teacher_{i}_seg_loss``, ``teacher_{i}_wt_dice`` (the batch's
+    mean). ``engine.state`` carries ``teacher_weights`` (list), ``teacher_weight_{i}`` and, after an epoch,
+    ``teacher_wt_dice_{i}`` (scalars, for ``TensorBoardStatsHandler(state_attributes=[...])``) and ``kd_active``.
+
+    Checkpoints: save and load ``{"network": student, "teacher_<i>": teacher, "fusion": fusion, "optimizer":
+    optimizer, "teacher_optimizer": teacher_optimizer, "teacher_weights": trainer.teacher_weights, "trainer":
+    trainer}`` with MONAI's ``CheckpointSaver`` / ``CheckpointLoader``.
+
+    Args:
+        device: device of the batches (the networks must already be on it).
+        max_epochs: epochs to train.
+        train_data_loader: batches of ``{"image": (B, M, *S), "label": (B, 1, *S)}``.
+        network: the student, e.g. ``mtcm_kd_backbone()``; in training mode returns ``[logits, ds_1/2, ...]`` (a plain
+            logits tensor only works with ``deep_supervision_weight=0`` or without KD).
+        optimizer: the student's optimizer (Adam, lr 1e-4 upstream); must hold no teacher or fusion parameter.
+        student_channel: index of the student's modality in the image channels (T1ce).
+        teachers: the teacher networks, each with ``forward_features(x) -> (logits, [f_1, f_1/2, ...])`` (e.g.
+            ``mtcm_kd_backbone(deep_supervision=False)``) or a ``forward`` that returns that pair
+            (:class:`common.networks.mtcm_kd.TeacherFeatures`, for DistributedDataParallel).
+        teacher_channels: one image channel index per teacher.
+        fusion: the CDSFL module (:class:`common.networks.mtcm_kd.CooperativeFusion`), called on the list of the
+            teachers' 1/2-resolution features; None for multi-teacher KD without CDSFL.
+        teacher_optimizer: one optimizer over every teacher and fusion parameter (Adam, lr 1e-4 upstream).
+        seg_loss: ``L_seg(logits, labels)``; default :class:`common.losses.segmentation.DiceJaccardCELoss` (the lab's
+            1/3 Dice + 1/3 Jaccard + 1/3 CE). Also the trainer's ``loss_function``.
+        temperature: KD temperature T (20).
+        kd_reduction: ``"batchmean"`` (the authors' KD, voxel sum / batch x T, default, which the default weights
+            were tuned for) or ``"voxel_mean"`` (per-voxel mean x T^2); see :func:`kd_loss`.
+        use_kd: False for the unimodal no-KD baseline.
+        student_seg_weight: weight of ``L_seg(y, s)`` once KD is on (0.75).
+        deep_supervision_weight: weight of the deep-supervision bracket (0.10).
+        deep_supervision_seg_fraction: share ``f`` of the ground-truth term inside the bracket (0.7; KD gets 0.3).
+        cooperative_weight: weight of the fusion module's loss in ``L_T`` (0.08).
+        teacher_kd_weight: lambda, the sum of the teachers' KD weights after each update (0.15).
+        initial_teacher_weight: each teacher's KD weight before the first update (0.1).
+        kd_start_epoch: first epoch (from 0) with KD and deep supervision (1).
+        teacher_weights: the weight state to use (e.g. one a config also hands to a checkpoint handler); by default
+            a new ``PerformanceTeacherWeights(len(teachers), teacher_kd_weight, initial_teacher_weight)``, and None
+            without teachers.
+        tumor_classes: class indices forming the whole tumour for the teachers' Dice ((1, 2, 3)).
+        epoch_length, non_blocking, prepare_batch, postprocessing, key_train_metric, additional_metrics,
+        metric_cmp_fn, train_handlers, amp, event_names, event_to_attr, decollate, optim_set_to_none, to_kwargs,
+        amp_kwargs: as in :class:`monai.engines.SupervisedTrainer`; ``FORWARD_COMPLETED``, ``LOSS_COMPLETED`` and
+        ``BACKWARD_COMPLETED`` fire for the student. With ``amp`` one gradient scaler serves both optimizers.
+
+    Raises:
+        ValueError: for inconsistent teachers / channels / optimizers (e.g. a parameter held by both optimizers, or a
+            teacher parameter missing from ``teacher_optimizer``), an unknown ``kd_reduction``, negative weights, and
+            in an iteration, an image with too few channels or a missing label.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        network: nn.Module,
+        optimizer: Optimizer,
+        student_channel: int,
+        teachers: Sequence[nn.Module] | None = None,
+        teacher_channels: Sequence[int] | None = None,
+        fusion: nn.Module | None = None,
+        teacher_optimizer: Optimizer | None = None,
+        seg_loss: Callable | None = None,
+        temperature: float = 20.0,
+        kd_reduction: str = "batchmean",
+        use_kd: bool = True,
+        student_seg_weight: float = 0.75,
+        deep_supervision_weight: float = 0.10,
+        deep_supervision_seg_fraction: float = 0.7,
+        cooperative_weight: float = 0.08,
+        teacher_kd_weight: float = 0.15,
+        initial_teacher_weight: float = 0.1,
+        kd_start_epoch: int = 1,
+        teacher_weights: PerformanceTeacherWeights | None = None,
+        tumor_classes: Sequence[int] = (1, 2, 3),
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        postprocessing: Transform | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        event_names: list | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = True,
+        optim_set_to_none: bool = False,
+        to_kwargs: dict | None = None,
+        amp_kwargs: dict | None = None,
+    ) -> None:
+        teachers = list(teachers or [])
+        teacher_channels = [int(c) for c in (teacher_channels or [])]
+        self._check_configuration(
+            network, optimizer, teachers, teacher_channels, fusion, teacher_optimizer, use_kd, kd_reduction,
+            temperature, kd_start_epoch,
+            dict(
+                student_seg_weight=student_seg_weight, deep_supervision_weight=deep_supervision_weight,
+                cooperative_weight=cooperative_weight, teacher_kd_weight=teacher_kd_weight,
+                initial_teacher_weight=initial_teacher_weight,
+            ),
+            deep_supervision_seg_fraction,
+        )  # fmt: skip
+        if teacher_weights is None:
+            if teachers:  # the unimodal baseline has no teachers to weigh and keeps None
+                teacher_weights = PerformanceTeacherWeights(len(teachers), teacher_kd_weight, initial_teacher_weight)
+        elif teacher_weights.num_teachers != len(teachers):
+            raise ValueError(
+                f"MTCMKDTrainer: teacher_weights is for {teacher_weights.num_teachers} teachers, got {len(teachers)}."
+            )
+        elif teacher_weights.total_weight != teacher_kd_weight:
+            raise ValueError(
+                f"MTCMKDTrainer: teacher_weights.total_weight={teacher_weights.total_weight} differs from "
+                f"teacher_kd_weight={teacher_kd_weight}; give the same lambda to both."
+            )
+        # Handlers go on after the teacher-weight update, so that they see the weights for the next epoch.
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=DiceJaccardCELoss() if seg_loss is None else seg_loss,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            postprocessing=postprocessing,
+            key_train_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            train_handlers=None,
+            amp=amp,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            optim_set_to_none=optim_set_to_none,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
+        )
+        self.student_channel = int(student_channel)
+        self.teachers = teachers
+        self.teacher_channels = teacher_channels
+        self.fusion = fusion
+        self.teacher_optimizer = teacher_optimizer
+        self.temperature = float(temperature)
+        self.kd_reduction = kd_reduction
+        self.use_kd = bool(use_kd)
+        self.student_seg_weight = float(student_seg_weight)
+        self.deep_supervision_weight = float(deep_supervision_weight)
+        self.deep_supervision_seg_fraction = float(deep_supervision_seg_fraction)
+        self.cooperative_weight = float(cooperative_weight)
+        self.kd_start_epoch = int(kd_start_epoch)
+        self.teacher_weights = teacher_weights
+        self.tumor_classes = tuple(int(c) for c in tumor_classes)
+        self._publish_teacher_weights(self)
+        self.add_event_handler(Events.EPOCH_STARTED, self._publish_teacher_weights)
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._update_teacher_weights)
+        if train_handlers is not None:
+            self._register_handlers(train_handlers)
+
+    @staticmethod
+    def _check_configuration(
+        network: nn.Module,
+        optimizer: Optimizer,
+        teachers: list[nn.Module],
+        teacher_channels: list[int],
+        fusion: nn.Module | None,
+        teacher_optimizer: Optimizer | None,
+        use_kd: bool,
+        kd_reduction: str,
+        temperature: float,
+        kd_start_epoch: int,
+        weights: dict[str, float],
+        deep_supervision_seg_fraction: float,
+    ) -> None:
+        prefix = "MTCMKDTrainer:"
+        if kd_reduction not in KD_REDUCTIONS:
+            raise ValueError(f"{prefix} unknown kd_reduction {kd_reduction!r}; expected one of {KD_REDUCTIONS}.")
+        if temperature <= 0:
+            raise ValueError(f"{prefix} temperature must be > 0, got {temperature}.")
+        if kd_start_epoch < 0:
+            raise ValueError(f"{prefix} kd_start_epoch must be >= 0, got {kd_start_epoch}.")
+        for name, value in weights.items():
+            if value < 0:
+                raise ValueError(f"{prefix} {name} must be >= 0, got {value}.")
+        if not 0.0 <= deep_supervision_seg_fraction <= 1.0:
+            raise ValueError(
+                f"{prefix} deep_supervision_seg_fraction must be in [0, 1], got {deep_supervision_seg_fraction}."
+            )
+        if use_kd and not teachers:
+            raise ValueError(f"{prefix} use_kd=True needs teachers; pass use_kd=False for the unimodal baseline.")
+        if len(teacher_channels) != len(teachers):
+            raise ValueError(
+                f"{prefix} got {len(teachers)} teachers and {len(teacher_channels)} teacher_channels "
+                f"{teacher_channels}; expected one image channel per teacher."
+            )
+        if fusion is not None and not teachers:
+            raise ValueError(f"{prefix} a fusion module needs teachers to fuse.")
+        if teachers and teacher_optimizer is None:
+            raise ValueError(f"{prefix} teachers train online and need a teacher_optimizer (teachers and fusion).")
+        student_ids = _parameter_ids([network])
+        teacher_ids = _parameter_ids([*teachers, fusion])
+        if student_ids & teacher_ids:
+            raise ValueError(f"{prefix} the student shares parameters with a teacher or the fusion module.")
+        if _optimizer_ids(optimizer) & teacher_ids:
+            raise ValueError(f"{prefix} the student optimizer holds teacher or fusion parameters.")
+        teacher_optimizer_ids = _optimizer_ids(teacher_optimizer)
+        if teacher_optimizer_ids & student_ids:
+            raise ValueError(f"{prefix} teacher_optimizer holds student parameters.")
+        missing = teacher_ids - teacher_optimizer_ids
+        if teachers and missing:
+            raise ValueError(
+                f"{prefix} {len(missing)} trainable teacher/fusion parameter tensors are not in teacher_optimizer; "
+                "build it over the parameters of every teacher and of the fusion module."
+            )
+
+    # ---- teacher weights ---------------------------------------------------------------------------------------
+
+    def _publish_teacher_weights(self, engine: MTCMKDTrainer) -> None:
+        weights = [] if self.teacher_weights is None else self.teacher_weights.weights
+        engine.state.teacher_weights = weights
+        for i, w in enumerate(weights):
+            setattr(engine.state, f"teacher_weight_{i}", w)
+        engine.state.kd_active = self.kd_active(max(engine.state.epoch, 1))
+
+    def _update_teacher_weights(self, engine: MTCMKDTrainer) -> None:
+        if self.teacher_weights is None:
+            return
+        mean_dice = self.teacher_weights.mean_dice()
+        self.teacher_weights.update()
+        if mean_dice is not None:
+            engine.state.teacher_wt_dice = mean_dice
+            for i, d in enumerate(mean_dice):
+                setattr(engine.state, f"teacher_wt_dice_{i}", d)
+        self._publish_teacher_weights(engine)
+
+    def kd_active(self, epoch: int) -> bool:
+        """Whether KD and deep supervision are on in Ignite ``epoch`` (1-based: epoch 1 is the authors' epoch 0)."""
+        return self.use_kd and epoch - 1 >= self.kd_start_epoch
+
+    # ---- one iteration ------------------------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp and self.scaler is not None:
+            return torch.autocast("cuda", **self.amp_kwargs)
+        return contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.amp and self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _optimizer_step(self, optimizer: Optimizer) -> None:
+        if self.amp and self.scaler is not None:
+            self.scaler.step(optimizer)  # the scaler's update() follows both steps, once per iteration
+        else:
+            optimizer.step()
+
+    def _channel(self, inputs: torch.Tensor, channel: int) -> torch.Tensor:
+        return inputs[:, channel : channel + 1]
+
+    def _check_batch(self, inputs: torch.Tensor, targets: Any) -> None:
+        if targets is None:
+            raise ValueError("MTCMKDTrainer: the batch has no label; expected {'image': ..., 'label': ...}.")
+        needed = max([self.student_channel, *self.teacher_channels]) + 1
+        if inputs.ndim < 3 or inputs.shape[1] < needed:
+            raise ValueError(
+                f"MTCMKDTrainer: image of shape {tuple(inputs.shape)} has too few channels; expected (B, M, *S) with "
+                f"M >= {needed} (student channel {self.student_channel}, teacher channels {self.teacher_channels})."
+            )
+
+    @staticmethod
+    def _teacher_forward(teacher: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+        forward_features = getattr(teacher, "forward_features", None)
+        out = forward_features(x) if forward_features is not None else teacher(x)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (tuple, list))):
+            raise TypeError(
+                f"MTCMKDTrainer: teacher {type(teacher).__name__} returned {type(out).__name__}; expected "
+                "(logits, [features at 1, 1/2, ...]) from forward_features(x) or forward(x); wrap a teacher as "
+                "common.networks.mtcm_kd.TeacherFeatures(net) before DistributedDataParallel."
+            )
+        if len(out[1]) <= _FUSION_LEVEL:
+            raise ValueError(
+                f"MTCMKDTrainer: teacher {type(teacher).__name__} gave {len(out[1])} decoder feature maps; the fusion "
+                "needs the 1/2-resolution one (index 1)."
+            )
+        return out[0], out[1]
+
+    def teacher_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> TeacherStepOutput:
+        """Forward the teachers and the fusion module, step ``teacher_optimizer`` on ``L_T``, score the teachers."""
+        for teacher in self.teachers:
+            teacher.train()
+        if self.fusion is not None:
+            self.fusion.train()
+        self.teacher_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        with self._autocast():
+            logits, features = [], []
+            for teacher, channel in zip(self.teachers, self.teacher_channels, strict=True):
+                out, feats = self._teacher_forward(teacher, self._channel(inputs, channel))
+                logits.append(out)
+                features.append(feats[_FUSION_LEVEL])
+            seg_losses = [self.loss_function(out, targets).mean() for out in logits]
+            loss = torch.stack(seg_losses).sum()
+            fused, cooperative = None, None
+            if self.fusion is not None:
+                fused = self.fusion(features)
+                cooperative = self.loss_function(fused, _downsample_labels(targets, fused.shape[2:])).mean()
+                loss = loss + self.cooperative_weight * cooperative
+        self._backward(loss)
+        self._optimizer_step(self.teacher_optimizer)
+        wt_dice = torch.stack([whole_tumor_dice(out, targets, self.tumor_classes) for out in logits])
+        self.teacher_weights.accumulate(wt_dice)
+        return TeacherStepOutput(
+            logits=[out.detach() for out in logits],
+            fused=None if fused is None else fused.detach(),
+            loss=loss.detach(),
+            seg_losses=[s.detach() for s in seg_losses],
+            cooperative_loss=None if cooperative is None else cooperative.detach(),
+            wt_dice=wt_dice,
+        )
+
+    def student_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor, teachers: TeacherStepOutput | None, kd_active: bool
+    ) -> dict[str, torch.Tensor]:
+        """Forward the student, step ``optimizer`` on ``L_S``; fills ``state.output`` pred/loss and returns the terms.
+
+        ``teachers`` holds the (detached) targets of :meth:`teacher_step`; it may be None only when ``kd_active`` is
+        False.
+        """
+        engine = self
+        if kd_active and teachers is None:
+            raise ValueError("MTCMKDTrainer: a KD student step needs the teachers' outputs.")
+        self.network.train()
+        self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        terms: dict[str, torch.Tensor] = {}
+        with self._autocast():
+            outputs = self.network(self._channel(inputs, self.student_channel))
+            if isinstance(outputs, (list, tuple)):
+                pred, deep = outputs[0], (outputs[_FUSION_LEVEL] if len(outputs) > _FUSION_LEVEL else None)
+            else:
+                pred, deep = outputs, None
+            engine.state.output[Keys.PRED] = pred
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            seg = self.loss_function(pred, targets).mean()
+            terms["student_seg_loss"] = seg
+            if not kd_active:
+                loss = seg
+            else:
+                weights = self.teacher_weights.weights
+                kd = sum(
+                    w * kd_loss(pred, target, self.temperature, self.kd_reduction)
+                    for w, target in zip(weights, teachers.logits, strict=True)
+                )
+                terms["kd_loss"] = kd
+                loss = self.student_seg_weight * seg + kd
+                if self.deep_supervision_weight > 0:
+                    if deep is None:
+                        raise ValueError(
+                            "MTCMKDTrainer: deep_supervision_weight > 0 but the student returned no deep-supervision "
+                            "output; build it with deep_supervision=True (training mode returns [logits, ds_1/2, "
+                            "...]) or set deep_supervision_weight=0."
+                        )
+                    f = self.deep_supervision_seg_fraction
+                    deep_term = f * self.loss_function(deep, _downsample_labels(targets, deep.shape[2:])).mean()
+                    if teachers.fused is not None:
+                        deep_term = deep_term + (1.0 - f) * kd_loss(
+                            deep, teachers.fused, self.temperature, self.kd_reduction
+                        )
+                    terms["deep_supervision_loss"] = deep_term
+                    loss = loss + self.deep_supervision_weight * deep_term
+            engine.state.output[Keys.LOSS] = loss
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        self._backward(loss)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        self._optimizer_step(self.optimizer)
+        return {k: v.detach() for k, v in terms.items()}
+
+    def _iteration(self, engine: MTCMKDTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        """One MTCM-KD iteration (teacher step, then student step); returns ``engine.state.output``."""
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        self._check_batch(inputs, targets)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        kd_active = self.kd_active(engine.state.epoch)
+        engine.state.kd_active = kd_active
+
+        teachers = self.teacher_step(inputs, targets) if len(self.teachers) else None
+        terms = self.student_step(inputs, targets, teachers, kd_active)
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.update()
+
+        zero = torch.zeros((), device=inputs.device)
+        output = engine.state.output
+        output["student_seg_loss"] = terms["student_seg_loss"]
+        output["kd_loss"] = terms.get("kd_loss", zero)
+        output["deep_supervision_loss"] = terms.get("deep_supervision_loss", zero)
+        if teachers is not None:
+            output["teacher_loss"] = teachers.loss
+            output["cooperative_loss"] = zero if teachers.cooperative_loss is None else teachers.cooperative_loss
+            for i, (seg, dice) in enumerate(zip(teachers.seg_losses, teachers.wt_dice, strict=True)):
+                output[f"teacher_{i}_seg_loss"] = seg
+                output[f"teacher_{i}_wt_dice"] = dice.mean().to(inputs.device, torch.float32)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

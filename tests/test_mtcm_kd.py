@@ -1,0 +1,489 @@
+"""MTCM-KD training pieces: KD loss, teacher weights, CDSFL fusion and the online trainer (tiny 16^3 networks)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from ignite.engine import Events
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from torch.utils.data import DataLoader
+
+from common.engines.mtcm_kd import MTCMKDTrainer
+from common.losses.distillation import (
+    BarlowTwinsLoss,
+    PerformanceTeacherWeights,
+    kd_loss,
+    performance_weights,
+    whole_tumor_dice,
+)
+from common.losses.segmentation import DiceJaccardCELoss
+from common.networks.blocks import CBAMChannelGate
+from common.networks.cohra_unet import mtcm_kd_backbone
+from common.networks.mtcm_kd import CooperativeFusion, TeacherFeatures
+
+# Tiny backbone: widths 8-16-32-64 (the lab GroupNorm rule splits every width and concatenation: 4 or 6 groups), three
+# downsamplings, so 16^3 inputs give a 2^3 bridge; the 1/2-resolution decoder features are channels[1] = 16 wide.
+TINY_CHANNELS = (8, 16, 32, 64)
+FUSION_IN = TINY_CHANNELS[1]
+SIZE = 16
+MODALITIES = 4  # stacked image channels; the student reads STUDENT_CHANNEL, the teachers TEACHER_CHANNELS
+STUDENT_CHANNEL = 1
+TEACHER_CHANNELS = (0, 2, 3)
+
+
+def tiny_net(**kwargs) -> nn.Module:
+    return mtcm_kd_backbone(channels=TINY_CHANNELS, **kwargs)
+
+
+def make_loader(cases: int = 4, batch_size: int = 2, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    data = [
+        {
+            "image": torch.randn(MODALITIES, SIZE, SIZE, SIZE, generator=g),
+            "label": torch.randint(0, 4, (1, SIZE, SIZE, SIZE), generator=g).float(),
+        }
+        for _ in range(cases)
+    ]
+    return DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+def make_trainer(
+    loader: DataLoader | None = None,
+    max_epochs: int = 1,
+    with_teachers: bool = True,
+    with_fusion: bool = True,
+    seed: int = 0,
+    wrap_teachers: bool = False,
+    student_kwargs: dict | None = None,
+    **kwargs,
+) -> MTCMKDTrainer:
+    torch.manual_seed(seed)
+    student = tiny_net(**(student_kwargs or {}))
+    teachers = [tiny_net(deep_supervision=False) for _ in TEACHER_CHANNELS] if with_teachers else []
+    if wrap_teachers:
+        teachers = [TeacherFeatures(t) for t in teachers]
+    fusion = CooperativeFusion(len(teachers), FUSION_IN, 4) if with_teachers and with_fusion else None
+    teacher_params = [p for m in [*teachers, fusion] if m is not None for p in m.parameters()]
+    return MTCMKDTrainer(
+        device="cpu",
+        max_epochs=max_epochs,
+        train_data_loader=make_loader() if loader is None else loader,
+        network=student,
+        optimizer=torch.optim.Adam(student.parameters(), lr=1e-3),
+        student_channel=STUDENT_CHANNEL,
+        teachers=teachers or None,
+        teacher_channels=TEACHER_CHANNELS if with_teachers else None,
+        fusion=fusion,
+        teacher_optimizer=torch.optim.Adam(teacher_params, lr=1e-3) if teacher_params else None,
+        **kwargs,
+    )
+
+
+def snapshot(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(module: nn.Module, before: list[torch.Tensor]) -> bool:
+    return any(not torch.equal(p, q) for p, q in zip(module.parameters(), before, strict=True))
+
+
+def teacher_side(trainer: MTCMKDTrainer) -> list[nn.Module]:
+    return [*trainer.teachers, *([trainer.fusion] if trainer.fusion is not None else [])]
+
+
+def record_iterations(trainer: MTCMKDTrainer) -> list[dict]:
+    """Per iteration: epoch and the scalar outputs (decollation turns them into floats, repeated per case)."""
+    records: list[dict] = []
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _record(engine: MTCMKDTrainer) -> None:
+        first = engine.state.output[0]
+        scalars = {k: v for k, v in first.items() if isinstance(v, float)}
+        records.append({"epoch": engine.state.epoch, **scalars})
+
+    return records
+
+
+def record_epoch_weights(trainer: MTCMKDTrainer) -> dict[int, list[float]]:
+    """The teacher weights each epoch trains with, as published in the state when it starts."""
+    weights: dict[int, list[float]] = {}
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _record(engine: MTCMKDTrainer) -> None:
+        weights[engine.state.epoch] = list(engine.state.teacher_weights)
+
+    return weights
+
+
+# ---- KD loss --------------------------------------------------------------------------------------------------
+
+
+def kd_by_hand(s: np.ndarray, t: np.ndarray, temperature: float) -> tuple[float, float]:
+    """(batchmean x T, voxel mean x T^2) with explicit loops over cases and voxels."""
+    batch, classes = s.shape[:2]
+    voxels = list(np.ndindex(*s.shape[2:]))
+    total = 0.0
+    for b in range(batch):
+        for v in voxels:
+            zs = [s[(b, c, *v)] / temperature for c in range(classes)]
+            zt = [t[(b, c, *v)] / temperature for c in range(classes)]
+            log_q = [z - math.log(sum(math.exp(y) for y in zs)) for z in zs]
+            p = [math.exp(z) / sum(math.exp(y) for y in zt) for z in zt]
+            total += sum(p[c] * (math.log(p[c]) - log_q[c]) for c in range(classes))
+    return temperature * total / batch, temperature**2 * total / (batch * len(voxels))
+
+
+@pytest.mark.parametrize("temperature", [20.0, 2.0])
+def test_kd_loss_matches_hand_computation_in_both_reductions(temperature: float) -> None:
+    rng = np.random.default_rng(1)
+    s = rng.normal(scale=3.0, size=(2, 4, 2, 2, 2))
+    t = rng.normal(scale=3.0, size=(2, 4, 2, 2, 2))
+    batchmean, voxel_mean = kd_by_hand(s, t, temperature)
+    student = torch.tensor(s, requires_grad=True)
+    teacher = torch.tensor(t, requires_grad=True)
+    got_batchmean = kd_loss(student, teacher, temperature, "batchmean")
+    got_voxel_mean = kd_loss(student, teacher, temperature, "voxel_mean")
+    assert got_batchmean.item() == pytest.approx(batchmean, rel=1e-10)
+    assert got_voxel_mean.item() == pytest.approx(voxel_mean, rel=1e-10)
+    # the authors' expression: T * KLDivLoss(batchmean) on softmax(s/T).log() and softmax(t/T)
+    authors = temperature * nn.KLDivLoss(reduction="batchmean")(
+        torch.softmax(student / temperature, 1).log(), torch.softmax(teacher / temperature, 1)
+    )
+    assert got_batchmean.item() == pytest.approx(authors.item(), rel=1e-9)
+    # the teacher side is detached: only the student gets a gradient
+    (got_batchmean + got_voxel_mean).backward()
+    assert teacher.grad is None and student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_kd_loss_rejects_bad_input() -> None:
+    x = torch.zeros(1, 4, 2, 2, 2)
+    with pytest.raises(ValueError, match="unknown reduction 'sum'"):
+        kd_loss(x, x, reduction="sum")
+    with pytest.raises(ValueError, match="same"):
+        kd_loss(x, torch.zeros(1, 3, 2, 2, 2))
+    with pytest.raises(ValueError, match="temperature"):
+        kd_loss(x, x, temperature=0.0)
+    assert kd_loss(x, x).item() == 0.0
+
+
+def barlow_twins_by_hand(a: np.ndarray, b: np.ndarray, lam: float, eps: float = 1e-5) -> float:
+    """Zbontar et al. 2021 on (N, D) matrices, written out element by element."""
+    n, d = a.shape
+
+    def standardise(z: np.ndarray) -> np.ndarray:
+        out = np.empty_like(z)
+        for j in range(d):
+            mean = sum(z[:, j]) / n
+            var = sum((z[k, j] - mean) ** 2 for k in range(n)) / n
+            out[:, j] = (z[:, j] - mean) / math.sqrt(var + eps)
+        return out
+
+    za, zb = standardise(a), standardise(b)
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = sum(za[k, i] * zb[k, j] for k in range(n)) / n
+            loss += (1 - c) ** 2 if i == j else lam * c**2
+    return loss
+
+
+def test_barlow_twins_matches_hand_computation_for_both_sample_modes() -> None:
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(2, 3, 2, 2, 1)), rng.normal(size=(2, 3, 2, 2, 1))
+    voxels = lambda x: x.reshape(2, 3, 4).transpose(0, 2, 1).reshape(8, 3)  # noqa: E731
+    got = BarlowTwinsLoss(off_diagonal_weight=0.1)(torch.tensor(a), torch.tensor(b)).item()
+    assert got == pytest.approx(barlow_twins_by_hand(voxels(a), voxels(b), 0.1), rel=1e-10)
+    a4, b4 = rng.normal(size=(4, 3, 2, 2)), rng.normal(size=(4, 3, 2, 2))
+    got = BarlowTwinsLoss(samples="batch")(torch.tensor(a4), torch.tensor(b4)).item()
+    assert got == pytest.approx(barlow_twins_by_hand(a4.mean(axis=(2, 3)), b4.mean(axis=(2, 3)), 5e-3), rel=1e-10)
+    # identical, decorrelated features (Hadamard columns: zero mean, unit variance, orthogonal): C = I, loss 0
+    hadamard = torch.tensor([[1.0, 1, 1], [-1, 1, -1], [1, -1, -1], [-1, -1, 1]])
+    assert BarlowTwinsLoss(eps=0.0)(hadamard, hadamard).item() == pytest.approx(0.0, abs=1e-12)
+    assert BarlowTwinsLoss(eps=0.0)(hadamard, -hadamard).item() == pytest.approx(3 * 2.0**2)
+    with pytest.raises(ValueError, match="at least 2"):
+        BarlowTwinsLoss(samples="batch")(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2))
+
+
+# ---- teacher weights -----------------------------------------------------------------------------------------
+
+
+def test_performance_weights_by_hand_and_all_zero_dice() -> None:
+    # 0.15 * [0.8, 0.6, 0.2] / 1.6
+    assert performance_weights([0.8, 0.6, 0.2]) == pytest.approx([0.075, 0.05625, 0.01875], rel=1e-12)
+    assert performance_weights([0.5, 0.5], total_weight=0.2) == pytest.approx([0.1, 0.1])
+    # no teacher found any tumour: an even split of lambda, not a division by zero
+    assert performance_weights([0.0, 0.0, 0.0]) == pytest.approx([0.05, 0.05, 0.05])
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        performance_weights([0.5, -0.1, 0.2])
+    with pytest.raises(ValueError, match="no teacher scores"):
+        performance_weights([])
+
+
+def test_teacher_weight_state_accumulates_updates_and_round_trips() -> None:
+    state = PerformanceTeacherWeights(num_teachers=3)
+    assert state.weights == [0.1, 0.1, 0.1] and state.mean_dice() is None
+    assert state.update() == [0.1, 0.1, 0.1]  # an empty epoch leaves the weights alone
+    state.accumulate(torch.tensor([[0.9, 0.7], [0.4, 0.6], [0.0, 0.2]]))  # (teachers, cases)
+    state.accumulate([0.8, 0.5, 0.3])  # one more case each
+    assert state.mean_dice() == pytest.approx([0.8, 0.5, 1 / 6])
+    saved = state.state_dict()
+    restored = PerformanceTeacherWeights(num_teachers=3)
+    restored.load_state_dict(saved)
+    assert restored.mean_dice() == state.mean_dice()
+    weights = state.update()
+    assert weights == pytest.approx(performance_weights([0.8, 0.5, 1 / 6]))
+    assert sum(weights) == pytest.approx(0.15) and state.mean_dice() is None
+    assert restored.update() == weights  # the restored sums give exactly the same weights
+    state.accumulate([0.0, 0.0, 0.0])
+    assert state.update() == pytest.approx([0.05] * 3)
+    with pytest.raises(ValueError, match=r"expected \(3,\) or \(3, B\)"):
+        state.accumulate([0.1, 0.2])
+    with pytest.raises(ValueError, match="this object has 2 teachers"):
+        PerformanceTeacherWeights(2).load_state_dict(saved)
+
+
+def test_whole_tumor_dice_is_hard_and_per_case() -> None:
+    labels = torch.zeros(3, 1, 2, 2, 1)
+    labels[0, 0, 0, :, 0] = torch.tensor([1.0, 2.0])  # case 0: 2 tumour voxels (NCR, ED)
+    labels[1, 0, 1, 1, 0] = 3.0  # case 1: 1 ET voxel
+    predicted = torch.zeros(3, 2, 2, 1, dtype=torch.long)  # case 2: nothing anywhere -> Dice 1
+    predicted[0, 0, 0, 0] = 3  # case 0: one of the two voxels found (as ET: any tumour class counts)
+    predicted[0, 1, 1, 0] = 2  # ... and one false positive -> 2 * 1 / (2 + 2)
+    logits = torch.nn.functional.one_hot(predicted, 4).permute(0, 4, 1, 2, 3).float() * 5.0
+    assert whole_tumor_dice(logits, labels).tolist() == pytest.approx([0.5, 0.0, 1.0])
+    with pytest.raises(ValueError, match="do not fit"):
+        whole_tumor_dice(logits, labels[:, :, :1])
+
+
+# ---- CDSFL fusion ----------------------------------------------------------------------------------------------
+
+
+def test_cooperative_fusion_parameter_count_and_shapes() -> None:
+    fusion = CooperativeFusion()
+    # per teacher: gate (64*4 + 4) + (4*64 + 64) = 580, projection 64*4 + 4 = 260; output conv 4*4 + 4 = 20
+    assert sum(p.numel() for p in fusion.parameters()) == 3 * (580 + 260) + 20 == 2540
+    assert all(isinstance(g, CBAMChannelGate) for g in fusion.gates)
+    # tiny width: gate hidden max(1, 16 // 16) = 1 -> (16 + 1) + (16 + 16) = 49, projection 16*4 + 4 = 68
+    assert sum(p.numel() for p in CooperativeFusion(3, FUSION_IN, 4).parameters()) == 3 * (49 + 68) + 20
+    feats = [torch.randn(2, 64, 4, 4, 4) for _ in range(3)]
+    assert fusion(feats).shape == (2, 4, 4, 4, 4)
+    assert CooperativeFusion(2, 8, 3, spatial_dims=2)([torch.randn(1, 8, 6, 6)] * 2).shape == (1, 3, 6, 6)
+    with pytest.raises(ValueError, match="expected 3 teacher feature maps, got 2"):
+        fusion(feats[:2])
+    with pytest.raises(ValueError, match="expected \\(B, 64"):
+        fusion([torch.randn(2, 32, 4, 4, 4)] * 3)
+
+
+def test_teacher_features_of_the_tiny_backbone_feed_the_fusion() -> None:
+    teacher = tiny_net(deep_supervision=False)
+    # a teacher without deep-supervision heads is the same network minus those heads' parameters
+    assert len(list(teacher.parameters())) == len(list(tiny_net().parameters())) - 4
+    logits, features = TeacherFeatures(teacher)(torch.randn(1, 1, SIZE, SIZE, SIZE))
+    assert logits.shape == (1, 4, SIZE, SIZE, SIZE) and features[1].shape == (1, FUSION_IN, 8, 8, 8)
+    with pytest.raises(TypeError, match="no forward_features"):
+        TeacherFeatures(nn.Conv3d(1, 1, 1))
+
+
+# ---- trainer ---------------------------------------------------------------------------------------------------
+
+
+def test_student_loss_reaches_no_teacher_and_teacher_loss_no_student() -> None:
+    trainer = make_trainer()
+    batch = next(iter(make_loader()))
+    inputs, labels = batch["image"], batch["label"]
+    trainer.state.output = {}
+    out = trainer.teacher_step(inputs, labels)
+    assert all(p.grad is None for p in trainer.network.parameters())  # L_T never involves the student
+    assert all(p.grad is not None for m in teacher_side(trainer) for p in m.parameters())
+    assert out.fused is not None and not out.fused.requires_grad and not any(t.requires_grad for t in out.logits)
+    for module in teacher_side(trainer):
+        module.zero_grad(set_to_none=True)
+    before = [snapshot(m) for m in teacher_side(trainer)]
+    terms = trainer.student_step(inputs, labels, out, kd_active=True)
+    assert terms["kd_loss"] > 0 and terms["deep_supervision_loss"] > 0
+    assert all(p.grad is None for m in teacher_side(trainer) for p in m.parameters())
+    assert not any(changed(m, b) for m, b in zip(teacher_side(trainer), before, strict=True))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.network.parameters())
+
+
+def test_one_iteration_trains_teachers_fusion_and_student() -> None:
+    trainer = make_trainer(epoch_length=1, kd_start_epoch=0)
+    modules = [trainer.network, *teacher_side(trainer)]
+    before = [snapshot(m) for m in modules]
+    records = record_iterations(trainer)
+    trainer.run()
+    assert all(changed(m, b) for m, b in zip(modules, before, strict=True))
+    r = records[0]
+    assert r["kd_loss"] > 0 and r["cooperative_loss"] > 0
+    seg = sum(r[f"teacher_{i}_seg_loss"] for i in range(3))
+    assert r["teacher_loss"] == pytest.approx(seg + 0.08 * r["cooperative_loss"], rel=1e-5)
+    assert r["loss"] == pytest.approx(
+        0.75 * r["student_seg_loss"] + r["kd_loss"] + 0.10 * r["deep_supervision_loss"], rel=1e-5
+    )
+    # pred is the student's full-resolution logits, one per case after decollation
+    assert trainer.state.output[0]["pred"].shape == (4, SIZE, SIZE, SIZE)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(use_kd=False, with_teachers=False),
+        dict(with_fusion=False),
+        dict(wrap_teachers=True, kd_reduction="voxel_mean"),
+        dict(student_kwargs=dict(deep_supervision=False), deep_supervision_weight=0.0),
+    ],
+    ids=["unimodal_no_kd", "no_cdsfl", "wrapped_teachers_voxel_mean", "student_without_ds"],
+)
+def test_variants_run(variant: dict) -> None:
+    trainer = make_trainer(epoch_length=1, kd_start_epoch=0, **variant)
+    before = snapshot(trainer.network)
+    records = record_iterations(trainer)
+    trainer.run()
+    r = records[0]
+    assert changed(trainer.network, before) and math.isfinite(r["loss"])
+    if variant.get("use_kd", True):
+        assert r["kd_loss"] > 0 and r["loss"] != pytest.approx(r["student_seg_loss"])
+    else:
+        assert "teacher_loss" not in r and trainer.state.teacher_weights == []
+        assert r["loss"] == pytest.approx(r["student_seg_loss"])
+    if variant.get("with_fusion") is False:
+        assert r["cooperative_loss"] == 0.0 and r["teacher_loss"] == pytest.approx(
+            sum(r[f"teacher_{i}_seg_loss"] for i in range(3)), rel=1e-5
+        )
+        # the deep-supervision bracket keeps only its ground-truth part: 0.7 * L_seg(y at 1/2, s_ds)
+        assert r["deep_supervision_loss"] > 0
+    if "deep_supervision_weight" in variant:
+        assert r["deep_supervision_loss"] == 0.0
+
+
+def test_two_epochs_kd_off_first_then_weights_from_dice() -> None:
+    trainer = make_trainer(max_epochs=2)
+    records = record_iterations(trainer)
+    epoch_weights = record_epoch_weights(trainer)
+    trainer.run()
+    first = [r for r in records if r["epoch"] == 1]
+    second = [r for r in records if r["epoch"] == 2]
+    assert len(first) == len(second) == 2
+    # epoch 0 (Ignite's 1): L_S = L_seg only, no KD, no deep supervision
+    for r in first:
+        assert r["kd_loss"] == 0.0 and r["deep_supervision_loss"] == 0.0
+        assert r["loss"] == pytest.approx(r["student_seg_loss"])
+    for r in second:
+        assert r["kd_loss"] > 0 and r["deep_supervision_loss"] > 0
+    # weights: 0.1 each in epoch 0, then lambda * D_i / sum D_j from epoch 0's mean training WT Dice
+    assert epoch_weights[1] == [0.1, 0.1, 0.1]
+    dice_epoch0 = [np.mean([r[f"teacher_{i}_wt_dice"] for r in first]) for i in range(3)]
+    assert epoch_weights[2] == pytest.approx(performance_weights(dice_epoch0), rel=1e-6)
+    assert sum(epoch_weights[2]) == pytest.approx(0.15) and epoch_weights[2] != [0.1, 0.1, 0.1]
+    assert trainer.state.teacher_wt_dice_0 == pytest.approx(np.mean([r["teacher_0_wt_dice"] for r in second]))
+    assert trainer.state.teacher_weights == pytest.approx(trainer.teacher_weights.weights)
+
+
+def checkpoint_items(trainer: MTCMKDTrainer) -> dict:
+    items = {"network": trainer.network, "fusion": trainer.fusion, "optimizer": trainer.optimizer}
+    items.update({f"teacher_{i}": t for i, t in enumerate(trainer.teachers)})
+    items.update(teacher_optimizer=trainer.teacher_optimizer, teacher_weights=trainer.teacher_weights, trainer=trainer)
+    return items
+
+
+def test_checkpoint_resume_restores_teacher_weights_exactly(tmp_path) -> None:
+    # reference: two epochs in one go, saving after each epoch
+    reference = make_trainer(max_epochs=2)
+    saver = CheckpointSaver(str(tmp_path), checkpoint_items(reference), save_interval=1, epoch_level=True)
+    saver.attach(reference)  # attached after construction: still runs after the weight update
+    reference_weights = record_epoch_weights(reference)
+    reference.run()
+    saved = torch.load(tmp_path / "checkpoint_epoch=1.pt", weights_only=True)["teacher_weights"]
+    assert saved["weights"].tolist() == reference_weights[2]  # the checkpoint holds the weights for epoch 2
+
+    # resume: fresh networks (another seed), everything restored from the epoch-1 checkpoint, then epoch 2
+    resumed = make_trainer(max_epochs=2, seed=7)
+    loader = CheckpointLoader(str(tmp_path / "checkpoint_epoch=1.pt"), checkpoint_items(resumed))
+    resumed._register_handlers([loader])
+    resumed_weights = record_epoch_weights(resumed)
+    resumed.run()
+    assert list(resumed_weights) == [2]  # it resumed at epoch 2
+    assert resumed_weights[2] == reference_weights[2]
+    assert resumed.teacher_weights.weights == pytest.approx(reference.teacher_weights.weights, rel=1e-6)
+    for p, q in zip(resumed.network.parameters(), reference.network.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_trainer_rejects_inconsistent_configuration() -> None:
+    student, teacher = tiny_net(), tiny_net(deep_supervision=False)
+    common = dict(device="cpu", max_epochs=1, train_data_loader=make_loader(), network=student, student_channel=1)
+    adam = torch.optim.Adam
+    with pytest.raises(ValueError, match="use_kd=True needs teachers"):
+        MTCMKDTrainer(optimizer=adam(student.parameters()), **common)
+    with pytest.raises(ValueError, match="1 teachers and 2 teacher_channels"):
+        MTCMKDTrainer(optimizer=adam(student.parameters()), teachers=[teacher], teacher_channels=[0, 2], **common)
+    with pytest.raises(ValueError, match="student optimizer holds teacher"):
+        MTCMKDTrainer(
+            optimizer=adam([*student.parameters(), *teacher.parameters()]),
+            teachers=[teacher],
+            teacher_channels=[0],
+            teacher_optimizer=adam(teacher.parameters()),
+            **common,
+        )
+    fusion = CooperativeFusion(1, FUSION_IN, 4)
+    with pytest.raises(ValueError, match="not in teacher_optimizer"):
+        MTCMKDTrainer(
+            optimizer=adam(student.parameters()),
+            teachers=[teacher],
+            teacher_channels=[0],
+            fusion=fusion,
+            teacher_optimizer=adam(teacher.parameters()),
+            **common,
+        )
+    trainer = MTCMKDTrainer(
+        optimizer=adam(student.parameters()),
+        teachers=[teacher],
+        teacher_channels=[5],
+        teacher_optimizer=adam(teacher.parameters()),
+        seg_loss=DiceJaccardCELoss(),
+        **common,
+    )
+    with pytest.raises(ValueError, match="too few channels"):
+        trainer.run()
+
+
+def test_trainer_builds_from_a_bundle_config() -> None:
+    from monai.bundle import ConfigParser
+
+    tiny = {"_target_": "common.networks.cohra_unet.mtcm_kd_backbone", "channels": list(TINY_CHANNELS)}
+    config = {
+        "network": dict(tiny),
+        "teachers": [dict(tiny, deep_supervision=False) for _ in TEACHER_CHANNELS],
+        "fusion": {"_target_": "common.networks.mtcm_kd.CooperativeFusion", "in_channels": FUSION_IN},
+        "teacher_weights": {"_target_": "common.losses.distillation.PerformanceTeacherWeights"},
+        "trainer": {
+            "_target_": "common.engines.mtcm_kd.MTCMKDTrainer",
+            "device": "cpu",
+            "max_epochs": 1,
+            "train_data_loader": "$@loader",
+            "network": "@network",
+            "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": 1e-4},
+            "student_channel": STUDENT_CHANNEL,
+            "teachers": "@teachers",
+            "teacher_channels": list(TEACHER_CHANNELS),
+            "fusion": "@fusion",
+            "teacher_optimizer": {
+                "_target_": "torch.optim.Adam",
+                "params": "$[p for m in [*@teachers, @fusion] for p in m.parameters()]",
+                "lr": 1e-4,
+            },
+            "seg_loss": {"_target_": "common.losses.segmentation.DiceJaccardCELoss"},
+            "teacher_weights": "@teacher_weights",
+        },
+    }
+    parser = ConfigParser(config)
+    parser["loader"] = make_loader()
+    trainer = parser.get_parsed_content("trainer")
+    assert isinstance(trainer, MTCMKDTrainer)
+    assert trainer.teacher_weights is parser.get_parsed_content("teacher_weights")
+    assert trainer.teacher_channels == list(TEACHER_CHANNELS) and trainer.kd_reduction == "batchmean"
+    assert trainer.state.teacher_weights == [0.1, 0.1, 0.1]
