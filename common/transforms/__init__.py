@@ -1,0 +1,1 @@
+"""Dictionary transforms used by the bundles that MONAI does not provide; import each from its module."""
