@@ -24,6 +24,8 @@ from pathlib import Path
 
 import zoo
 
+from common.ablation import load_grid
+
 REQUIRED_FILES = (
     "LICENSE",
     "large_files.yml",
@@ -38,7 +40,8 @@ REQUIRED_FILES = (
     "docs/data_license.txt",
 )
 DEMO_KEYS = {"synthetic", "train", "evaluate", "inference", "overlay"}
-REFERENCE = re.compile(r"[@%][\w#]+")  # "@train#dataset", "%train#postprocessing"
+# "@train#dataset", "%train#postprocessing", "%configs/segresnet.json#network_def"
+REFERENCE = re.compile(r"@[\w#]+|%[\w./-]*#[\w#]+|%\w+")
 
 
 class Skipped(Exception):
@@ -122,7 +125,10 @@ class BundleVerifier:
             # MONAI renames it to required_packages_version and silently replaces the real one.
             problems.append("use required_packages_version only, not optional_packages_version")
         for config in sorted(self.configs.glob("*.json")):
-            for where, text in _strings(zoo.load_json(config), include_keys=config.name == "metadata.json"):
+            content = zoo.load_json(config)
+            if "axes" in content:  # an ablation grid: its "id" fields are config ids, its settings are overlays
+                content = {a: spec["settings"] for a, spec in load_grid(config)["axes"].items()}
+            for where, text in _strings(content, include_keys=config.name == "metadata.json"):
                 # In configs '#' is the ID separator of references; anywhere else MONAI rewrites it to '::'.
                 if "#" in (text if config.name == "metadata.json" else REFERENCE.sub("", text)):
                     problems.append(f"{config.name}{where}: '#' in {text!r} would be rewritten by MONAI")

@@ -105,3 +105,38 @@ def test_inference_on_a_wrong_folder_names_the_problem(tmp_path):
     log = (tmp_path / "log").read_text()
     assert f"'{tmp_path / 'not_brats'}' holds no case folders" in log
     assert "BraTS2021_00000" in log and "BraTS-GLI-00000-000" in log  # what was expected, in both conventions
+
+
+@pytest.mark.slow
+def test_phantom_quality_bar_next_to_segresnet(tmp_path):
+    """A short CPU run reaches WT Dice >= 0.8 on held-out phantoms; SegResNet trains in the same run on equal terms.
+
+    12 phantoms of 64x64x48, fold 0 of a 4-fold split (9 training, 3 held-out cases), 32^3 patches, 30 epochs,
+    the same data, loss, optimiser and schedule for both networks (COHRA-UNet at widths 16-128). The table is
+    printed (``pytest -m slow -s``) and kept in ``<tmp>/study/results.md``.
+    """
+    from common.ablation import expand_grid, load_grid, run_study, write_tables
+    from common.data.brats import write_split_file
+
+    data = tmp_path / "brats"
+    generate_brats(data, cases=12, size=(64, 64, 48), seed=0, workers=2, verbose=False)
+    write_split_file(data, tmp_path / "split.json", folds=4, seed=0)
+    grid = load_grid(CONFIGS / "ablation.json")
+    grid["base"] = {
+        "dataset_dir": str(data),
+        "split_file": str(tmp_path / "split.json"),
+        "roi_size": [32, 32, 32],
+        "network_def#channels": [16, 32, 64, 128],
+        "epochs": 30,
+        "val_interval": 10,
+        "num_workers": 0,
+        "learning_rate": 0.002,
+        "amp": False,
+    }
+    results = run_study(BUNDLE, expand_grid(grid, axes=["network"]), tmp_path / "study")
+    _, table = write_tables(results, ["network"], tmp_path / "study")
+    print("\n" + table.read_text())
+    by_run = {r["run"]: r for r in results}
+    assert all(r["status"] == "ok" for r in results), results
+    assert by_run["baseline"]["metrics"]["val_dice_wt"] >= 0.8
+    assert 0.0 <= by_run["network=segresnet"]["metrics"]["val_dice_wt"] <= 1.0
