@@ -13,6 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# mkstemp creates files readable by their owner only; give written files the permissions a plain open() would.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` (creating its folder) through a temporary file and an atomic rename."""
@@ -24,6 +29,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

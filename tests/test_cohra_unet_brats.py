@@ -108,6 +108,7 @@ def test_inference_on_a_wrong_folder_names_the_problem(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_phantom_quality_bar_next_to_segresnet(tmp_path):
     """A short CPU run reaches WT Dice >= 0.8 on held-out phantoms; SegResNet trains in the same run on equal terms.
 
@@ -140,3 +141,41 @@ def test_phantom_quality_bar_next_to_segresnet(tmp_path):
     assert all(r["status"] == "ok" for r in results), results
     assert by_run["baseline"]["metrics"]["val_dice_wt"] >= 0.8
     assert 0.0 <= by_run["network=segresnet"]["metrics"]["val_dice_wt"] <= 1.0
+
+
+def test_sigkill_mid_epoch_then_resume_continues_from_the_last_checkpoint(trained, tmp_path):
+    """Training killed with SIGKILL resumes from its last complete checkpoint with one override, and finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = {**trained["settings"], "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "tb")}
+    long_run = _overlay(tmp_path / "long.json", {**settings, "epochs": 100, "val_interval": 100})
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str([str(CONFIGS / "train.json"), str(long_run)]),
+    ]
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=zoo.bundle_env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "models" / "checkpoint_epoch=2.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = max(int(p.stem.split("=")[1]) for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt"))
+    assert killed_at < 100, "training finished before it was killed"
+
+    resume = _overlay(tmp_path / "resume.json", {**settings, "epochs": killed_at + 2, "resume": True})
+    zoo.monai_bundle_run([CONFIGS / "train.json", resume], log_file=tmp_path / "resumed.log")
+    log = (tmp_path / "resumed.log").read_text()
+    assert f"checkpoint_epoch={killed_at}.pt" in log and "Restored all variables" in log
+    assert f"Epoch[{killed_at + 1}] Complete" in log and f"Epoch[{killed_at + 2}] Complete" in log
+    assert f"Epoch[{killed_at}] Complete" not in log, "resumed training repeated a finished epoch"
+    assert (tmp_path / "models" / f"checkpoint_epoch={killed_at + 2}.pt").is_file()
