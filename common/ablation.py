@@ -163,17 +163,22 @@ def _run_dir_name(name: str) -> str:
 def count_parameters(
     config_files: Sequence[str | os.PathLike], cwd: str | os.PathLike = ".", network_id: str = "network_def"
 ) -> int:
-    """Parameters of the network a stack of bundle configs defines, built on the ``meta`` device (no memory).
+    """Parameters of the network a stack of bundle configs defines, built on the ``meta`` device (no memory) when
+    its constructor allows, else on the CPU.
 
     ``cwd`` is where relative config paths (``%configs/...`` macros) resolve: the bundle root.
     """
     import torch
     from monai.bundle import ConfigParser
 
-    with contextlib.chdir(cwd), torch.device("meta"):
+    with contextlib.chdir(cwd):
         parser = ConfigParser()
         parser.read_config([str(f) for f in config_files])
-        network = parser.get_parsed_content(network_id, instantiate=True)
+        try:
+            with torch.device("meta"):
+                network = parser.get_parsed_content(network_id, instantiate=True)
+        except Exception:  # some constructors compute with tensors (SwinUNETR calls .item()): build on the CPU
+            network = parser.get_parsed_content(network_id, instantiate=True, lazy=False)
     return int(sum(p.numel() for p in network.parameters()))
 
 
