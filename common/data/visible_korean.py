@@ -41,6 +41,10 @@ written atomically (temporary file, then rename). The datalist holds ``training`
 ``num_training`` / ``num_validation`` / ``num_quality_check``. The same inputs and arguments give byte-identical
 outputs.
 
+Bundle inputs: :func:`load_datalist` reads one list of the prepared ``datalist.json`` for training and evaluation,
+:func:`image_datalist` builds the inference list from one photograph or a folder of photographs; both check that
+the files exist and name what is missing.
+
 Split (:func:`split_slices`): the seminar trains on 80 % of the slices and validates on 20 %. Adjacent 1 mm slices
 are near-duplicates, so a random per-slice split puts a near-copy of almost every validation slice into training
 and overstates the scores. Slices are therefore grouped into blocks of ``block_size`` consecutive slice numbers
@@ -91,6 +95,7 @@ import argparse
 import csv
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -129,6 +134,8 @@ __all__ = [
     "list_slices",
     "split_slices",
     "prepare",
+    "load_datalist",
+    "image_datalist",
     "preprocessing_config",
     "vk_preprocessing",
     "main",
@@ -785,6 +792,89 @@ def _overall_unknown(with_unknown: Sequence[tuple[SlicePaths, list[ColourCount]]
             total[rgb] = total.get(rgb, 0) + count
     ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
     return f"all files together: {format_colour_counts(ranked)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# datalists of the bundle
+# ---------------------------------------------------------------------------------------------------------------
+
+_PREPARE_HINT = "python -m common.data.visible_korean prepare --dataset-dir DIR --out DIR"
+
+
+def load_datalist(path: str | os.PathLike, key: str = "training") -> list[dict[str, str]]:
+    """The ``key`` list (``training``, ``validation`` or ``quality_check``) of a datalist written by :func:`prepare`.
+
+    Relative paths are resolved against the datalist's folder (``prepare`` writes absolute ones).
+
+    Raises:
+        VKFileNotFoundError: the datalist does not exist (the message gives the ``prepare`` command), or files
+            it lists are missing (the first ones are named).
+        VKDataError: it is not JSON, lacks ``key``, or ``key`` holds no ``{"image", "label"}`` items.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise VKFileNotFoundError(
+            f"Datalist '{path}' does not exist; expected the {DATALIST_NAME} written by `{_PREPARE_HINT}` "
+            "(point dataset_dir at its --out folder, or set datalist_file)."
+        )
+    try:
+        datalist = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VKDataError(
+            f"Datalist '{path}' is not valid JSON ({e}); expected the output of `{_PREPARE_HINT}`."
+        ) from e
+    items = datalist.get(key) if isinstance(datalist, dict) else None
+    if not isinstance(items, list) or not items:
+        found = sorted(k for k, v in datalist.items() if isinstance(v, list)) if isinstance(datalist, dict) else []
+        raise VKDataError(
+            f"Datalist '{path}' has no {key!r} items; expected a non-empty list of {{'image': ..., 'label': ...}} "
+            f"under {key!r} (lists found: {', '.join(found) or 'none'})."
+        )
+    resolved, missing = [], []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not {"image", "label"} <= item.keys():
+            raise VKDataError(
+                f"Datalist '{path}': item {i} of {key!r} is {item!r}; expected {{'image': ..., 'label': ...}}."
+            )
+        entry = {k: str(path.parent / v) if k in ("image", "label") else v for k, v in item.items()}
+        missing += [entry[k] for k in ("image", "label") if not Path(entry[k]).is_file()]
+        resolved.append(entry)
+    if missing:
+        raise VKFileNotFoundError(
+            f"Datalist '{path}' lists {len(missing)} file(s) that do not exist: {_listing(missing, 5)}; "
+            f"re-run `{_PREPARE_HINT}` if the data moved."
+        )
+    return resolved
+
+
+def image_datalist(source: str | os.PathLike) -> list[dict[str, str]]:
+    """Inference datalist ``[{"image": path}, ...]`` of one photograph or of every ``*.png`` in a folder (sorted).
+
+    Every file is checked from its header to be an 8-bit RGB PNG, so a wrong input stops here with its name
+    rather than deep inside the network.
+
+    Raises:
+        VKFileNotFoundError: ``source`` does not exist, or the folder holds no PNG file.
+        VKDataError: a file is not an 8-bit RGB PNG.
+    """
+    source = Path(source).expanduser()
+    if source.is_dir():
+        images = sorted(_pngs(source).values())
+        if not images:
+            found = _listing(sorted(p.name for p in source.iterdir())) or "nothing"
+            raise VKFileNotFoundError(
+                f"Input folder '{source}' holds no PNG slice photographs (found: {found}); expected "
+                "8-bit RGB <name>.png files, e.g. the images/ folder of a Visible Korean dataset."
+            )
+    elif source.is_file():
+        images = [source]
+    else:
+        raise VKFileNotFoundError(
+            f"Input '{source}' does not exist; expected an 8-bit RGB PNG photograph or a folder of them."
+        )
+    for image in images:
+        _png_size(image, "Image")
+    return [{"image": str(image)} for image in images]
 
 
 # ---------------------------------------------------------------------------------------------------------------
