@@ -29,8 +29,10 @@ demo: setup
 verify: setup
 	@set -e; for bundle in bundles/*/; do $(PY) ci/verify_bundle.py $$bundle; done
 
+# Release zips dist/<name>_v<version>.zip and the catalogue dist/model_info.json (BASE_URL=https://host/path
+# fills each entry's download address).
 package: setup
-	@set -e; for bundle in bundles/*/; do $(PY) ci/package_bundle.py $$bundle --out dist; done
+	$(PY) ci/package_bundle.py bundles/*/ --out dist $(if $(BASE_URL),--base-url $(BASE_URL))
 
 lint: setup
 	$(PY) -m ruff check .

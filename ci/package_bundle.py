@@ -1,17 +1,26 @@
-"""Build the release zip of a bundle: ``<out>/<name>_v<version>.zip``, reproducible byte for byte.
+"""Build the release zips of bundles, ``<out>/<name>_v<version>.zip``, reproducible byte for byte, and their catalogue.
 
-    python ci/package_bundle.py bundles/<name> [--out dist/]
+    python ci/package_bundle.py bundles/<name> [bundles/<other> ...] [--out dist/] [--base-url URL]
 
 The zip holds one top-level folder ``<name>/`` (what ``monai.bundle download --url`` extracts) with the bundle's
 files, the weights under ``models/`` when present, and a copy of the shared ``common/`` package at the bundle
 root, so that the configs' ``common.*`` references import with nothing but the bundle on disk. Entries are
 sorted and carry a fixed timestamp and mode, so the same inputs give the same bytes (and the same sha256).
+
+Weights normally travel apart from the zip: ``large_files.yml`` names them with a URL and sha256, and
+``python -m monai.bundle download_large_files`` fetches them into ``models/`` after the download.
+
+After packaging, ``<out>/model_info.json`` lists every release zip in ``<out>`` (older versions included), in the
+shape of the model zoo's ``models/model_info.json``: keyed by ``<name>_v<version>`` with ``source`` (the download
+address: ``--base-url`` + file name, or the bare file name when no base URL is given) and ``checksum``, so that
+MONAI's ``get_bundle_versions`` can read it, plus the file, its sha256 and size, and the versions of MONAI,
+PyTorch and NumPy that the bundle's metadata names.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -19,8 +28,11 @@ import zipfile
 from pathlib import Path
 
 import zoo
+from large_files import WEIGHT_SUFFIXES, sha256
 
-WEIGHT_SUFFIXES = (".pt", ".ts", ".onnx")
+from common.io import atomic_write_json
+
+CATALOGUE_NAME = "model_info.json"
 # Not part of a release: caches, local run outputs, and anything a user trained or evaluated into the folder.
 EXCLUDED_DIRS = {"__pycache__", "eval", "logs", ".ipynb_checkpoints"}
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
@@ -74,25 +86,62 @@ def package_bundle(bundle: Path, out_dir: Path) -> Path:
     return target
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _release_metadata(zip_path: Path) -> tuple[str, dict]:
+    """The bundle name and ``configs/metadata.json`` inside a release zip, checked against the zip's file name."""
+    with zipfile.ZipFile(zip_path) as archive:
+        names = {n.split("/", 1)[0] for n in archive.namelist()}
+        if len(names) != 1:
+            raise ValueError(f"{zip_path}: expected one top-level folder, found {sorted(names)}")
+        (name,) = names
+        try:
+            meta = json.loads(archive.read(f"{name}/configs/metadata.json"))
+        except KeyError:
+            raise ValueError(f"{zip_path}: no {name}/configs/metadata.json inside") from None
+    if zip_path.name != f"{name}_v{meta.get('version')}.zip":
+        raise ValueError(f"{zip_path}: holds {name} version {meta.get('version')!r}, which the file name contradicts")
+    return name, meta
+
+
+def write_catalogue(out_dir: Path, base_url: str | None = None) -> Path:
+    """Write ``<out_dir>/model_info.json`` for every ``*_v*.zip`` in ``out_dir``; the same zips give the same bytes."""
+    catalogue = {}
+    for zip_path in sorted(out_dir.glob("*_v*.zip")):
+        name, meta = _release_metadata(zip_path)
+        digest = sha256(zip_path)
+        catalogue[f"{name}_v{meta['version']}"] = {
+            "source": f"{base_url.rstrip('/')}/{zip_path.name}" if base_url else zip_path.name,
+            "checksum": digest,
+            "name": name,
+            "display_name": meta.get("name"),
+            "version": meta["version"],
+            "file": zip_path.name,
+            "sha256": digest,
+            "size": zip_path.stat().st_size,
+            "monai_version": meta.get("monai_version"),
+            "pytorch_version": meta.get("pytorch_version"),
+            "numpy_version": meta.get("numpy_version"),
+            "required_packages_version": meta.get("required_packages_version", {}),
+        }
+    target = out_dir / CATALOGUE_NAME
+    atomic_write_json(target, catalogue)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", type=Path, help="bundle directory, e.g. bundles/cohra_unet_brats")
+    parser.add_argument("bundles", type=Path, nargs="+", help="bundle directories, e.g. bundles/cohra_unet_brats")
     parser.add_argument("--out", type=Path, default=zoo.REPO_ROOT / "dist", help="output folder (default: dist/)")
+    parser.add_argument("--base-url", help=f"where the zips will be served, for 'source' in {CATALOGUE_NAME}")
     args = parser.parse_args(argv)
     try:
-        target = package_bundle(args.bundle, args.out)
+        for bundle in args.bundles:
+            target = package_bundle(bundle, args.out)
+            print(f"{target}  sha256 {sha256(target)}  {target.stat().st_size} bytes")
+        catalogue = write_catalogue(args.out, args.base_url)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{target}  sha256 {sha256(target)}  {target.stat().st_size} bytes")
+    print(f"{catalogue}  {len(json.loads(catalogue.read_text()))} release(s)")
     return 0
 
 

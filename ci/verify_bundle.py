@@ -2,7 +2,8 @@
 
     python ci/verify_bundle.py bundles/<name> [--schema PATH]
 
-Checks, in order: required files; metadata rules (``version`` in ``changelog``, ``required_packages_version`` only,
+Checks, in order: required files; ``large_files.yml`` (every entry a ``models/`` path, an http(s) URL and a sha256,
+see ``ci/large_files.py``); metadata rules (``version`` in ``changelog``, ``required_packages_version`` only,
 no ``#`` in any string because MONAI rewrites it); metadata against MONAI's schema (offline copy, see
 ``zoo.find_schema``; skipped with a clear message when no copy is found); every config parses and the standard
 train / evaluate / inference stacks expose MONAI's required properties; ``network_def`` instantiates, identically
@@ -22,6 +23,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import large_files
 import zoo
 
 from common.ablation import load_grid
@@ -81,6 +83,7 @@ class BundleVerifier:
         if not self._check("files", self.check_files):
             return False
         for name, check in [
+            ("large_files.yml", self.check_large_files),
             ("metadata", self.check_metadata),
             ("schema", self.check_schema),
             ("demo.json", self.check_demo_spec),
@@ -114,6 +117,12 @@ class BundleVerifier:
         if missing:
             raise FileNotFoundError(f"missing in {self.bundle}: {', '.join(missing)}")
         return f"{len(REQUIRED_FILES)} required files present"
+
+    def check_large_files(self) -> str:
+        entries = large_files.read_large_files(self.bundle)
+        if not entries:
+            return "no weights published yet (empty list)"
+        return ", ".join(f"{e['path']} <- {e['url']}" for e in entries)
 
     def check_metadata(self) -> str:
         meta = zoo.load_json(self.meta_file)

@@ -1,0 +1,580 @@
+"""Training data for RefNet (bundle ``refnet_synapse``): base-model predictions and the datalists that pair them.
+
+RefNet (seed paper 003) learns to refine what a base model (Swin UNETR) gets wrong, so its training inputs are
+base-model predictions of cases whose ground truth is known. Three commands make them::
+
+    python -m common.refinement_data base-oof --bundle-root bundles/refnet_synapse --dataset-dir /data/BTCV \\
+        --out runs/base --folds 3 --seeds 0 1 [--in-sample] [--probabilities] [--overlay base_settings.json]
+    python -m common.refinement_data base-test --bundle-root bundles/refnet_synapse --dataset-dir /data/BTCV \\
+        --out runs/base [--seed 0] [--base-ckpt models/base_model.pt] [--probabilities]
+    python -m common.refinement_data corrupt-gt --dataset-dir /data/BTCV --out runs/corrupted [--copies 2] \
+        [--probabilities]
+
+- ``base-oof`` splits the 18 Synapse training cases into ``--folds`` folds for every seed in ``--seeds``
+  (:func:`common.data.btcv.kfold_cases`; each seed reshuffles the folds, so a case's K predictions come from base
+  models trained on different subsets), trains one base model per (fold, seed) with the bundle's
+  ``configs/train_base.json`` through ``python -m monai.bundle run`` and predicts the fold it did not train on
+  (``configs/predict_base.json``). These out-of-fold predictions have the errors a base model makes on unseen CT,
+  which is what RefNet meets at test time (the nnU-Net cascade trains its second stage the same way; research notes
+  ``fct_refnet.md`` section 5). ``--in-sample`` adds each model's predictions of its own training cases, which is
+  what the paper's Algorithm 1 collects (nearly perfect predictions, so a refiner trained only on them learns
+  little more than the identity). K seeds multiply the training data, as in the paper.
+- ``base-test`` trains one base model on all training cases (or takes ``--base-ckpt``) and predicts the 12 test
+  cases: the raw segmentations that RefNet refines and the evaluation compares against.
+- ``corrupt-gt`` needs no training: it corrupts the ground truth with
+  :mod:`common.transforms.refinement` (boundaries moved, organ ids swapped, slices dropped) and writes the results
+  as stand-in base predictions (``--probabilities``: with stand-in probabilities, the corrupted map one-hot
+  encoded and smoothed). The bundle's demo uses it, because even a toy Swin UNETR takes minutes to train on a CPU,
+  too long for the shared one-epoch checks; it is no substitute for real base predictions.
+
+Every command writes (or, for ``base-oof`` and ``base-test``, merges into) ``<out>/datalist.json``::
+
+    {"description": "...", "num_classes": 13,
+     "training": [{"case": "0005", "image": "Training/img/img0005.nii.gz", "label": "Training/label/label0005.nii.gz",
+                   "base": "predictions/seed0_fold1/img0005_base.nii.gz", "seed": 0, "fold": 1,
+                   "source": "out_of_fold"}, ...],
+     "test": [{"case": "0008", ..., "source": "test"}, ...]}
+
+``image`` and ``label`` are relative to the BTCV ``RawData`` folder, ``base`` (and ``base_probabilities`` with
+``--probabilities``) to the datalist's folder, so both trees can move. :func:`load_refinement_datalist` resolves
+and checks them for the bundle configs. Base label maps are uint8 NIfTI in the 12-organ convention with the CT's
+geometry; probabilities are 13-channel uint8 NIfTI holding ``round(255 p)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.bundle_run import monai_bundle_run
+from common.data.btcv import BTCVDataError, btcv_case_paths, find_raw_data_dir, kfold_cases, synapse_split
+from common.io import atomic_write_bytes, atomic_write_json
+
+__all__ = [
+    "DATALIST_NAME",
+    "SOURCES",
+    "base_oof",
+    "base_test",
+    "corrupt_gt",
+    "corrupted_gt_items",
+    "load_refinement_datalist",
+    "main",
+    "refine_datalist",
+    "require_file",
+    "split_validation_cases",
+]
+
+DATALIST_NAME = "datalist.json"
+SOURCES = ("out_of_fold", "in_sample", "test", "corrupted_gt")
+NUM_CLASSES = 13  # background + the 12 organs of common.data.btcv.SYNAPSE12_LABELS
+_PATH_KEYS_IN_DATASET = ("image", "label")
+_PATH_KEYS_IN_DATALIST = ("base", "base_probabilities")
+
+
+def require_file(path: str | os.PathLike, what: str) -> str:
+    """``path`` as a string if it is a file; otherwise ``FileNotFoundError`` naming ``what`` was expected there."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"'{path}' does not exist: expected the {what} there.")
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# datalists
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _entry(raw_dir: Path, datalist_dir: Path, case: str, base: Path, **extra: Any) -> dict[str, Any]:
+    paths = btcv_case_paths(raw_dir, case)
+    entry: dict[str, Any] = {
+        "case": case,
+        "image": paths.image.relative_to(raw_dir).as_posix(),
+        "label": paths.label.relative_to(raw_dir).as_posix(),
+        "base": base.relative_to(datalist_dir).as_posix(),
+    }
+    probabilities = base.with_name(base.name.replace("_base.nii", "_prob.nii"))
+    if probabilities.is_file():
+        entry["base_probabilities"] = probabilities.relative_to(datalist_dir).as_posix()
+    entry.update(extra)
+    return entry
+
+
+def _write_datalist(out: Path, sections: Mapping[str, list[dict[str, Any]]], description: str) -> Path:
+    """Write (merging section by section into an existing file) ``out/datalist.json``."""
+    target = out / DATALIST_NAME
+    content: dict[str, Any] = {}
+    if target.is_file():
+        content = json.loads(target.read_text())
+    content.update({"description": description, "num_classes": NUM_CLASSES})
+    content.update(sections)
+    atomic_write_json(target, content)
+    return target
+
+
+def load_refinement_datalist(
+    datalist_file: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    check_files: bool = True,
+    require_probabilities: bool = False,
+) -> dict[str, list[dict[str, Any]]]:
+    """Read a refinement datalist (module docstring) and return its sections with absolute paths.
+
+    Args:
+        datalist_file: the ``datalist.json`` written by one of this module's commands.
+        dataset_dir: the BTCV folder (``RawData`` or the folder holding it) that ``image`` and ``label`` are
+            relative to.
+        check_files: stop at the first file that does not exist.
+        require_probabilities: every entry must name ``base_probabilities`` (RefNet with probability input).
+
+    Returns:
+        ``{"training": [...], "test": [...]}`` (the sections present; a missing section is an empty list).
+
+    Raises:
+        FileNotFoundError: naming the datalist, or the first missing file and the entry that names it.
+        ValueError: for a file that is not a refinement datalist.
+    """
+    path = Path(datalist_file).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"'{path}': no refinement datalist there; make one with python -m common.refinement_data "
+            "base-oof / base-test (or corrupt-gt for a quick check)."
+        )
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"'{path}': not valid JSON ({e})") from e
+    if not isinstance(content, dict) or not any(isinstance(content.get(s), list) for s in ("training", "test")):
+        raise ValueError(f"'{path}': expected an object with a 'training' and/or 'test' list of entries.")
+    raw_dir = find_raw_data_dir(dataset_dir).resolve()
+    sections: dict[str, list[dict[str, Any]]] = {"training": [], "test": []}
+    for section in ("training", "test"):
+        for i, item in enumerate(content.get(section, [])):
+            missing = [k for k in ("case", "image", "label", "base") if k not in item]
+            if missing:
+                raise ValueError(f"'{path}': {section}[{i}] lacks {missing}.")
+            if require_probabilities and "base_probabilities" not in item:
+                raise ValueError(
+                    f"'{path}': {section}[{i}] (case {item['case']}) has no base_probabilities, which RefNet with "
+                    "probability input needs; make the base predictions with --probabilities."
+                )
+            entry = dict(item)
+            for key in _PATH_KEYS_IN_DATASET:
+                entry[key] = str(raw_dir / item[key])
+            for key in _PATH_KEYS_IN_DATALIST:
+                if key in item:
+                    entry[key] = str((path.parent / item[key]).resolve())
+            if check_files:
+                for key in (*_PATH_KEYS_IN_DATASET, *_PATH_KEYS_IN_DATALIST):
+                    if key in entry and not Path(entry[key]).is_file():
+                        raise FileNotFoundError(
+                            f"'{entry[key]}' does not exist; it is the {key!r} of {section}[{i}] (case "
+                            f"{item['case']}) in '{path}'."
+                        )
+            sections[section].append(entry)
+    return sections
+
+
+def split_validation_cases(
+    entries: Sequence[Mapping[str, Any]], num_validation_cases: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Hold out whole cases of a ``training`` section to validate RefNet on: ``(train entries, validation entries)``.
+
+    The last ``num_validation_cases`` case ids (sorted) are held out; every entry of those cases leaves the
+    training entries, and their out-of-fold, test or corrupted-GT entries (not in-sample ones, which a base model
+    saw in training) become the validation entries. ``0`` validates on nothing held out: the validation entries
+    are then the training entries themselves (monitoring only).
+
+    Raises:
+        ValueError: when fewer than ``num_validation_cases + 1`` cases are present.
+    """
+    cases = sorted({str(e["case"]) for e in entries})
+    if num_validation_cases < 0 or num_validation_cases >= len(cases):
+        raise ValueError(
+            f"num_validation_cases must be in 0..{len(cases) - 1}: the datalist holds {len(cases)} case(s) and at "
+            f"least one must train RefNet; got {num_validation_cases}."
+        )
+    if num_validation_cases == 0:
+        return [dict(e) for e in entries], [dict(e) for e in entries]
+    held_out = set(cases[-num_validation_cases:])
+    train = [dict(e) for e in entries if e["case"] not in held_out]
+    validation = [dict(e) for e in entries if e["case"] in held_out and e.get("source") != "in_sample"]
+    if not validation:
+        validation = [dict(e) for e in entries if e["case"] in held_out]
+    return train, validation
+
+
+def corrupted_gt_items(entries: Sequence[Mapping[str, Any]], copies: int = 1) -> list[dict[str, Any]]:
+    """One ``{"case", "image", "label"}`` item per distinct case of ``entries``, repeated ``copies`` times.
+
+    The data of the corrupted-ground-truth augmentation (``configs/refnet_corrupted_gt.json``): its pipeline copies
+    ``label`` to ``base`` and corrupts that copy afresh every time an item is drawn.
+    """
+    if copies < 0:
+        raise ValueError(f"copies must be >= 0, got {copies}.")
+    unique: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        unique.setdefault(str(e["case"]), {"case": e["case"], "image": e["image"], "label": e["label"]})
+    return [dict(item) for _ in range(copies) for item in unique.values()]
+
+
+def refine_datalist(
+    segmentation_file: str | os.PathLike, image_file: str | os.PathLike | None = None, use_image: bool = False
+) -> list[dict[str, str]]:
+    """The datalist of ``configs/refine.json``: one existing segmentation (``base``) and, optionally, its CT.
+
+    Args:
+        segmentation_file: a label map from any model, in the BTCV (0..13) or 12-organ (0..12) convention.
+        image_file: the CT it segments; ``None`` or ``""`` when there is none.
+        use_image: whether RefNet is image-aware (then the CT is required).
+
+    Raises:
+        FileNotFoundError: naming a file that does not exist.
+        ValueError: when an image-aware RefNet gets no CT.
+    """
+    entry = {"base": require_file(Path(segmentation_file).expanduser(), "segmentation to refine")}
+    if image_file:
+        entry["image"] = require_file(Path(image_file).expanduser(), "CT of the segmentation")
+    elif use_image:
+        raise ValueError(
+            "the image-aware RefNet (use_image true) needs the CT of the segmentation: set image_file, or refine "
+            "with the label-only RefNet."
+        )
+    return [entry]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# base-model predictions through the bundle's configs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _read_overlays(files: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for f in files:
+        path = Path(f)
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"'{path}': not a readable JSON overlay ({e})") from e
+        if not isinstance(content, dict):
+            raise ValueError(f"'{path}': expected a JSON object of config overrides")
+        merged.update(content)
+    return merged
+
+
+def _bundle_configs(bundle_root: Path) -> tuple[Path, Path]:
+    configs = (bundle_root / "configs" / "train_base.json", bundle_root / "configs" / "predict_base.json")
+    for config in configs:
+        if not config.is_file():
+            raise FileNotFoundError(f"'{config}' does not exist: --bundle-root must be the refnet_synapse bundle.")
+    return configs
+
+
+def _train_and_predict(
+    bundle_root: Path,
+    run_dir: Path,
+    prediction_dir: Path,
+    settings: dict[str, Any],
+    predict_settings: dict[str, Any],
+    base_ckpt: Path | None,
+    log: Callable[[str], Any],
+) -> None:
+    """Train a base model in ``run_dir`` (unless ``base_ckpt`` is given) and predict into ``prediction_dir``.
+
+    One ``python -m monai.bundle run`` of ``train_base.json`` + ``predict_base.json`` + ``run_dir/overlay.json``;
+    when it trains, the overlay's ``run`` is ``train_base.json``'s run followed by ``predict_base.json``'s (read
+    from the two files), which saves starting a second process. Log: ``run_dir/run.log``. A run whose
+    ``prediction_dir/done.json`` records the same settings is not repeated.
+    """
+    train_config, predict_config = _bundle_configs(bundle_root)
+    record = {"settings": settings, "predict": predict_settings, "base_ckpt": str(base_ckpt) if base_ckpt else None}
+    done = prediction_dir / "done.json"
+    if done.is_file() and json.loads(done.read_text()) == record:
+        log(f"{prediction_dir}: done before, reusing")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overlay = {
+        **settings,
+        **predict_settings,
+        "ckpt_dir": str(run_dir / "models"),
+        "output_dir": str(run_dir / "logs"),
+        "prediction_dir": str(prediction_dir),
+        "base_ckpt": str(base_ckpt or run_dir / "models" / "base_model.pt"),
+    }
+    if base_ckpt is None:
+        runs = [json.loads(config.read_text())["run"] for config in (train_config, predict_config)]
+        overlay["run"] = [step for run in runs for step in run]
+        log(f"training base model -> {overlay['base_ckpt']}, then predicting -> {prediction_dir}")
+    else:
+        log(f"predicting with {base_ckpt} -> {prediction_dir}")
+    atomic_write_json(run_dir / "overlay.json", overlay)
+    log(f"  log: {run_dir / 'run.log'}")
+    monai_bundle_run(
+        [train_config, predict_config, run_dir / "overlay.json"], cwd=bundle_root, log_file=run_dir / "run.log"
+    )
+    atomic_write_json(done, record)
+
+
+def _prediction_file(prediction_dir: Path, case: str) -> Path:
+    path = prediction_dir / f"img{case}_base.nii.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' does not exist: the base model's prediction of case {case} is missing.")
+    return path
+
+
+def base_oof(
+    bundle_root: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    folds: int = 3,
+    seeds: Sequence[int] = (0,),
+    in_sample: bool = False,
+    probabilities: bool = False,
+    overlays: Sequence[str | os.PathLike] = (),
+    allow_partial: bool = False,
+    log: Callable[[str], Any] = print,
+) -> Path:
+    """Train ``folds x len(seeds)`` base models and collect their out-of-fold predictions (module docstring).
+
+    Layout under ``out``: ``base_models/seed<s>_fold<f>/`` (overlays, logs, ``models/base_model.pt``),
+    ``predictions/seed<s>_fold<f>/img00NN_base.nii.gz`` and ``datalist.json`` (its ``training`` section).
+    ``overlays`` are JSON files of config overrides for ``train_base.json`` (epochs, sizes, ...).
+
+    Returns:
+        the path of ``datalist.json``.
+    """
+    if folds < 2:
+        raise ValueError(f"base-oof needs at least 2 folds (1 fold holds nothing out), got {folds}.")
+    if not seeds:
+        raise ValueError("base-oof needs at least one seed.")
+    bundle_root, out = Path(bundle_root).resolve(), Path(out).resolve()
+    raw_dir = find_raw_data_dir(dataset_dir).resolve()
+    train_cases, _ = synapse_split(raw_dir, allow_partial=allow_partial)
+    user = _read_overlays(overlays)
+    entries = []
+    for seed in seeds:
+        for fold in range(folds):
+            train, held_out = kfold_cases(train_cases, folds, fold, seed=seed)
+            name = f"seed{seed}_fold{fold}"
+            log(f"[base-oof {name}] trains on {', '.join(train)}; predicts {', '.join(held_out)}")
+            settings = {
+                **user,
+                "bundle_root": str(bundle_root),
+                "dataset_dir": str(raw_dir),
+                "allow_partial_split": allow_partial,
+                "fold": fold,
+                "num_folds": folds,
+                "seed": seed,
+            }
+            predict = {"in_sample": in_sample, "save_probabilities": probabilities}
+            prediction_dir = out / "predictions" / name
+            _train_and_predict(bundle_root, out / "base_models" / name, prediction_dir, settings, predict, None, log)
+            for case in held_out:
+                base = _prediction_file(prediction_dir, case)
+                entries.append(_entry(raw_dir, out, case, base, seed=seed, fold=fold, source="out_of_fold"))
+            for case in train if in_sample else []:
+                base = _prediction_file(prediction_dir, case)
+                entries.append(_entry(raw_dir, out, case, base, seed=seed, fold=fold, source="in_sample"))
+    description = (
+        f"RefNet training data: Swin UNETR predictions of the Synapse training cases, {folds}-fold out-of-fold "
+        f"for seeds {list(seeds)}" + (" plus in-sample" if in_sample else "") + "; made by common.refinement_data."
+    )
+    return _write_datalist(out, {"training": entries}, description)
+
+
+def base_test(
+    bundle_root: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    seed: int = 0,
+    base_ckpt: str | os.PathLike | None = None,
+    probabilities: bool = False,
+    overlays: Sequence[str | os.PathLike] = (),
+    allow_partial: bool = False,
+    log: Callable[[str], Any] = print,
+) -> Path:
+    """Train a base model on all training cases (or use ``base_ckpt``) and predict the test cases.
+
+    Layout under ``out``: ``base_models/seed<s>_all/models/base_model.pt`` (the model inference.json expects in
+    the bundle's ``models/``), ``predictions/test_seed<s>/`` and the ``test`` section of ``datalist.json``.
+
+    Returns:
+        the path of ``datalist.json``.
+    """
+    bundle_root, out = Path(bundle_root).resolve(), Path(out).resolve()
+    raw_dir = find_raw_data_dir(dataset_dir).resolve()
+    _, test_cases = synapse_split(raw_dir, allow_partial=allow_partial)
+    checkpoint = Path(require_file(base_ckpt, "base model weights")).resolve() if base_ckpt else None
+    settings = {
+        **_read_overlays(overlays),
+        "bundle_root": str(bundle_root),
+        "dataset_dir": str(raw_dir),
+        "allow_partial_split": allow_partial,
+        "fold": 0,
+        "num_folds": 1,
+        "seed": seed,
+    }
+    prediction_dir = out / "predictions" / f"test_seed{seed}"
+    predict = {"in_sample": False, "save_probabilities": probabilities}
+    run_dir = out / "base_models" / f"seed{seed}_all"
+    _train_and_predict(bundle_root, run_dir, prediction_dir, settings, predict, checkpoint, log)
+    entries = [
+        _entry(raw_dir, out, case, _prediction_file(prediction_dir, case), seed=seed, source="test")
+        for case in test_cases
+    ]
+    if checkpoint is None:
+        log(f"base model trained on all training cases: {run_dir / 'models' / 'base_model.pt'}")
+    return _write_datalist(out, {"test": entries}, "Swin UNETR base predictions; made by common.refinement_data.")
+
+
+def _write_nifti(path: Path, array: Any, like: Any) -> None:
+    """``array`` as a uint8 NIfTI with the affine of the image ``like``, written atomically."""
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.Nifti1Image(array, like.affine)
+    image.set_data_dtype(np.uint8)
+    image.set_qform(like.affine, code=1)
+    image.set_sform(like.affine, code=1)
+    atomic_write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=6))
+
+
+def corrupt_gt(
+    dataset_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    copies: int = 2,
+    seed: int = 0,
+    probabilities: bool = False,
+    allow_partial: bool = False,
+    log: Callable[[str], Any] = print,
+) -> Path:
+    """Write corrupted ground truth as stand-in base predictions, and their datalist (module docstring).
+
+    Every training case gets ``copies`` independently corrupted copies (``seed`` = 0..copies-1 in the datalist),
+    every test case one. The corruptions: each organ eroded or dilated by 1-2 voxels with probability 0.5, one
+    connected component given a wrong organ id with probability 0.5, one to three slices dropped with probability
+    0.5 (:mod:`common.transforms.refinement`). Labels are mapped to the 12-organ convention first. With
+    ``probabilities``, stand-in class probabilities are written too: the corrupted map one-hot encoded, smoothed
+    with a Gaussian of 1 voxel per class and renormalised (uncertain only near boundaries, like a real softmax).
+
+    Returns:
+        the path of ``datalist.json``.
+    """
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    from common.data.btcv import btcv_to_synapse12
+    from common.transforms.refinement import RandDropSlicesd, RandLabelErosionDilationd, RandLabelSwapd
+
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}.")
+    out = Path(out).resolve()
+    raw_dir = find_raw_data_dir(dataset_dir).resolve()
+    train_cases, test_cases = synapse_split(raw_dir, allow_partial=allow_partial)
+    corruptions = [
+        RandLabelErosionDilationd("base", prob=1.0, organ_prob=0.5, radius=(1, 2)),
+        RandLabelSwapd("base", prob=0.5, num_classes=NUM_CLASSES),
+        RandDropSlicesd("base", prob=0.5, num_slices=(1, 3)),
+    ]
+    sections: dict[str, list[dict[str, Any]]] = {"training": [], "test": []}
+    jobs = [("training", c, k) for k in range(copies) for c in train_cases] + [("test", c, 0) for c in test_cases]
+    for index, (section, case, copy) in enumerate(jobs):
+        label_file = btcv_case_paths(raw_dir, case).label
+        label = nib.load(str(label_file))
+        ids = btcv_to_synapse12(np.asarray(label.dataobj), name=str(label_file)).astype(np.uint8)
+        for i, transform in enumerate(corruptions):
+            transform.set_random_state(seed=(seed * 1_000_003 + index) * len(corruptions) + i)
+        data = {"base": ids[None]}
+        for transform in corruptions:
+            data = transform(data)
+        target = out / "corrupted_gt" / f"{section}_copy{copy}" / f"img{case}_base.nii.gz"
+        corrupted = np.asarray(data["base"][0], np.uint8)
+        _write_nifti(target, corrupted, label)
+        if probabilities:
+            one_hot = np.stack(
+                [ndimage.gaussian_filter((corrupted == c).astype(np.float32), 1.0) for c in range(NUM_CLASSES)]
+            )
+            one_hot /= np.maximum(one_hot.sum(0, keepdims=True), 1e-6)
+            stored = np.rint(np.moveaxis(one_hot, 0, -1) * 255).astype(np.uint8)
+            _write_nifti(target.with_name(target.name.replace("_base.nii", "_prob.nii")), stored, label)
+        source = "test" if section == "test" else "corrupted_gt"
+        sections[section].append(_entry(raw_dir, out, case, target, seed=copy, source=source))
+    log(f"corrupted ground truth of {len(train_cases)} training case(s) x {copies} and {len(test_cases)} test case(s)")
+    description = (
+        "Stand-in base predictions: corrupted ground truth (common.refinement_data corrupt-gt), for demos and tests "
+        "only; real RefNet training data come from base-oof and base-test."
+    )
+    return _write_datalist(out, sections, description)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.refinement_data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dataset-dir", required=True, help="BTCV RawData folder (or the folder holding it)")
+        p.add_argument("--out", required=True, help="output folder (predictions, models, datalist.json)")
+        p.add_argument(
+            "--partial-split", action="store_true", help="use the Synapse cases present instead of requiring all 30"
+        )
+
+    def base_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bundle-root", required=True, help="the refnet_synapse bundle folder")
+        data_args(p)
+        p.add_argument("--probabilities", action="store_true", help="also save the base model's class probabilities")
+        p.add_argument(
+            "--overlay", action="append", default=[], help="JSON file of overrides for train_base.json (repeatable)"
+        )
+
+    p = sub.add_parser("base-oof", help="out-of-fold base predictions of the training cases")
+    base_args(p)
+    p.add_argument("--folds", type=int, default=3, help="folds per seed (default 3)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one set of folds each (default 0)")
+    p.add_argument("--in-sample", action="store_true", help="also predict each model's own training cases")
+
+    p = sub.add_parser("base-test", help="base predictions of the test cases")
+    base_args(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the base model (default 0)")
+    p.add_argument("--base-ckpt", help="use these base model weights instead of training")
+
+    p = sub.add_parser("corrupt-gt", help="corrupted ground truth as stand-in base predictions (demo, tests)")
+    data_args(p)
+    p.add_argument("--copies", type=int, default=2, help="corrupted copies per training case (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the corruptions (default 0)")
+    p.add_argument("--probabilities", action="store_true", help="also write stand-in class probabilities")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "base-oof":
+            datalist = base_oof(
+                args.bundle_root, args.dataset_dir, args.out, args.folds, args.seeds, args.in_sample,
+                args.probabilities, args.overlay, args.partial_split,
+            )  # fmt: skip
+        elif args.command == "base-test":
+            datalist = base_test(
+                args.bundle_root, args.dataset_dir, args.out, args.seed, args.base_ckpt, args.probabilities,
+                args.overlay, args.partial_split,
+            )  # fmt: skip
+        else:
+            datalist = corrupt_gt(
+                args.dataset_dir, args.out, args.copies, args.seed, args.probabilities, args.partial_split
+            )
+    except (BTCVDataError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"datalist: {datalist}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
