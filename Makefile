@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: setup test test-slow demo verify package lint clean
+.PHONY: setup test test-integration test-slow demo verify package lint clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 # The default tier: tiny shapes, well under 30 minutes on 2 CPU cores. `.ci/run` calls exactly this.
 test: setup
 	$(PY) -m pytest
+
+# Every bundle through the outside tools users take it to: release download, ONNX Runtime, torchrun (gloo),
+# MLflow, MONAI Label, MONAI Deploy. `.ci/run` calls this after `make test`.
+test-integration: setup
+	$(PY) -m pytest -m integration
 
 # Longer runs that train to a quality bar on phantoms.
 test-slow: setup

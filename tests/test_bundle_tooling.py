@@ -171,6 +171,7 @@ def _net_override(bundle: Path, overlay: dict) -> dict:
     return override
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("bundle", BUNDLES_UNDER_TEST, ids=BUNDLE_IDS)
 def test_release_downloads_fetches_weights_infers_and_loads(
     bundle: Path, tmp_path: Path, phantom_root: Path, http_server

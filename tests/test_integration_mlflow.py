@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import zoo
-from conftest import FIXTURE_BUNDLE, REPO_ROOT, prepare_demo_data
+from conftest import BUNDLES_UNDER_TEST, REPO_ROOT, prepare_demo_data
 
-TRACKED = [zoo.BUNDLES_DIR / "cohra_unet_brats", FIXTURE_BUNDLE]
+pytestmark = pytest.mark.integration
+
 QUICK = {"epochs": 1, "val_interval": 1}
 
 
@@ -29,7 +30,7 @@ def _key_metric(bundle: Path) -> str:
     return next(iter(train["validate"]["key_metric"]))
 
 
-@pytest.mark.parametrize("bundle", TRACKED, ids=[b.name for b in TRACKED])
+@pytest.mark.parametrize("bundle", BUNDLES_UNDER_TEST, ids=[b.name for b in BUNDLES_UNDER_TEST])
 def test_tracking_mlflow_records_a_run_offline(bundle: Path, tmp_path: Path, phantom_root: Path):
     import mlflow
     from monai.utils import path_to_sqlite_uri

@@ -26,6 +26,8 @@ import pytest
 import zoo
 from conftest import BUNDLES_UNDER_TEST, FIXTURE_BUNDLE, REPO_ROOT, prepare_demo_data
 
+pytestmark = pytest.mark.integration
+
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 QUICK = {"epochs": 1, "val_interval": 1}
 TIMEOUT_S = 600

@@ -24,6 +24,8 @@ import torch
 import zoo
 from conftest import BUNDLES_UNDER_TEST, REPO_ROOT
 
+pytestmark = pytest.mark.integration
+
 RTOL, ATOL = 1e-3, 1e-4
 #: bundle name -> why its network cannot go through ``onnx_export``
 ONNX_UNSUPPORTED: dict[str, str] = {}
