@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: setup test test-integration test-slow demo verify package lint clean
+.PHONY: setup test test-integration test-slow bench demo verify package lint clean
 
 setup: $(STAMP)
 
@@ -24,9 +24,41 @@ test: setup
 test-integration: setup
 	$(PY) -m pytest -m integration
 
+# The MONAI Deploy App SDK in an environment of its own (requirements-deploy.txt says why), for
+# tests/test_integration_deploy.py; rebuilt only when a requirements file changes.
+DEPLOY_VENV := .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.requirements-installed
+.PHONY: deploy-env
+deploy-env: $(DEPLOY_STAMP)
+test-integration: deploy-env
+
+$(DEPLOY_STAMP): requirements.txt requirements-deploy.txt
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r requirements-deploy.txt
+	touch $@
+
+# MONAI Label in an environment of its own (requirements-monailabel.txt says why: a complete lock installed with
+# --no-deps), for tests/test_integration_monailabel.py; rebuilt only when that file changes.
+MONAILABEL_VENV := .venv-monailabel
+MONAILABEL_STAMP := $(MONAILABEL_VENV)/.requirements-installed
+.PHONY: setup-monailabel
+setup-monailabel: $(MONAILABEL_STAMP)
+test-integration: setup-monailabel
+
+$(MONAILABEL_STAMP): requirements-monailabel.txt
+	test -x $(MONAILABEL_VENV)/bin/python || $(PYTHON) -m venv $(MONAILABEL_VENV)
+	$(MONAILABEL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MONAILABEL_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-monailabel.txt
+	touch $@
+
 # Longer runs that train to a quality bar on phantoms.
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+# Speed and memory of every bundle next to its reference, in one run: bench/results/<timestamp>.{json,md}.
+bench: setup
+	$(PY) -m bench.run --out bench/results
 
 demo: setup
 	$(PY) ci/demo.py

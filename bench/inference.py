@@ -1,0 +1,538 @@
+"""Inference at realistic size for every bundle: the model zoo's fp32 eager path next to the ``fast_cpu`` path.
+
+Cases (full mode; ``--quick`` uses each bundle's ``configs/demo.json`` inference overlay and tiny inputs):
+
+* ``cohra_unet_brats``: a full BraTS phantom case 4 x 240 x 240 x 155, sliding window 128^3, overlap 0.5, next to
+  MONAI SegResNet (the model zoo's ``brats_mri_segmentation`` network) on the same case and inferer.
+* ``mtcm_kd_t1ce_student``: the same case, T1ce channel only.
+* ``fct_visible_korean``: a batch of 16 VK phantom slices 256 x 256, next to MONAI BasicUNet 2D on the same batch.
+* ``refnet_synapse``: a BTCV phantom CT at the base model's training spacing (1.5 x 1.5 x 2.0 mm, 240 x 240 x 128
+  voxels, the small end of BTCV), the whole cascade: Swin UNETR base (sliding window 96^3) then RefNet on every
+  slice; the Swin UNETR base stage is also reported on its own (timed inside the same runs).
+
+The bundles' networks and inferers come from their ``configs/inference.json`` (``fast_cpu`` false / true), so
+this measures what the model zoo runs. Every figure runs in its own subprocess (``bench.harness.run_isolated``)
+for its own peak RSS. The agreement check needs meaningful label maps, so every network first gets briefly
+trained phantom weights (a fixed number of steps on small patches of a training phantom), cached in
+``<work_dir>/weights`` and reused by the next run. GFLOP/s = forward FLOPs per window (``FlopCounterMode``,
+convolutions and matrix multiplies) x windows / wall time, next to the fp32 and bf16 matrix-multiply peak
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.harness import (
+    REPO_ROOT,
+    Context,
+    count_flops,
+    figure,
+    matmul_peak_gflops,
+    run_isolated,
+    time_call,
+)
+
+__all__ = ["CASES", "run"]
+
+COMMAND = "make bench  (python -m bench.run --out bench/results --only bench.inference)"
+TRAIN_STEPS = {"3d": 30, "2d": 25}
+QUICK_TRAIN_STEPS = 1
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked network: where its data comes from, how its label map is read, which bundle config builds it."""
+
+    key: str
+    bundle: str
+    title: str
+    data: str  # "brats4", "brats1", "vk", "btcv"
+    label: str  # "regions" (sigmoid > 0.5 per channel) or "argmax"
+    config: str | None  # bundle folder whose inference.json builds network and inferer, or None for a reference
+    heavy: bool = False  # one repeat per path in full mode (the budget; said in the figure notes)
+
+
+CASES: dict[str, Case] = {
+    c.key: c
+    for c in (
+        Case(
+            "segresnet",
+            "reference: MONAI SegResNet",
+            "MONAI SegResNet (brats_mri_segmentation net)",
+            "brats4",
+            "regions",
+            None,
+        ),
+        Case("cohra", "cohra_unet_brats", "COHRA-UNet", "brats4", "regions", "cohra_unet_brats", heavy=True),
+        Case(
+            "student",
+            "mtcm_kd_t1ce_student",
+            "MTCM-KD T1ce student",
+            "brats1",
+            "argmax",
+            "mtcm_kd_t1ce_student",
+            heavy=True,
+        ),
+        Case("basicunet", "reference: MONAI BasicUNet 2D", "MONAI BasicUNet 2D", "vk", "argmax", None),
+        Case("fct", "fct_visible_korean", "FCT", "vk", "argmax", "fct_visible_korean"),
+        Case("refnet", "refnet_synapse", "Swin UNETR base + RefNet", "btcv", "argmax", "refnet_synapse", heavy=True),
+    )
+}
+
+INPUT_DESC = {
+    "brats4": "full BraTS case 4x240x240x155, sliding window 128^3 overlap 0.5",
+    "brats1": "full BraTS case T1ce 1x240x240x155, sliding window 128^3 overlap 0.5",
+    "vk": "batch of 16 VK slices 3x256x256",
+    "btcv": "BTCV CT 240x240x128 at 1.5x1.5x2.0 mm, Swin UNETR 96^3 overlap 0.5 then RefNet per slice",
+}
+
+
+def matmul_peak(dtype: str, size: int, repeats: int) -> dict:
+    """:func:`bench.harness.matmul_peak_gflops` in the dict form a :func:`run_isolated` worker returns."""
+    return {"result": matmul_peak_gflops(dtype, size=size, repeats=repeats)}
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+def _data_path(work_dir: Path, quick: bool, data: str, split: str) -> Path:
+    return Path(work_dir) / "inputs" / f"{data}_{split}{'_quick' if quick else ''}.npz"
+
+
+def make_data(data: str, split: str, quick: bool, work_dir: str) -> dict:
+    """Build (or reuse) one phantom input as the bundle's preprocessing leaves it; returns its path."""
+    from monai.transforms import NormalizeIntensity, ScaleIntensityRange
+
+    path = _data_path(Path(work_dir), quick, data, split)
+    if path.exists():
+        return {"path": str(path)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seed = 7 if split == "test" else 0
+    if data in ("brats4", "brats1"):
+        from common.synthetic._fields import case_rng
+        from common.synthetic.brats import make_brats_case
+
+        size = (40, 40, 32) if quick else (240, 240, 155)
+        case = make_brats_case(size, case_rng(seed, 0))
+        mods = ["t1", "t1ce", "t2", "flair"] if data == "brats4" else ["t1ce"]
+        image = np.stack([case.images[m].astype(np.float32) for m in mods])
+        image = np.asarray(NormalizeIntensity(nonzero=True, channel_wise=True)(image), dtype=np.float32)
+        label = case.regions.astype(np.int64)  # 0 background, 1 NCR, 2 ED, 3 ET
+    elif data == "vk":
+        from common.data.visible_korean import GROUP_LABELS
+        from common.synthetic._fields import case_rng
+        from common.synthetic.visible_korean import LEVELS, STRUCTURES, make_visible_korean_case
+
+        side, count = (64, 2) if quick else (256, 16)
+        lut = np.array([0] + [GROUP_LABELS[s.group] for s in STRUCTURES], dtype=np.int64)
+        images, labels = [], []
+        for k in range(count):
+            vk = make_visible_korean_case((side, side), case_rng(seed, k), LEVELS[k % len(LEVELS)])
+            images.append(vk.photo.transpose(2, 0, 1).astype(np.float32) / 255.0)
+            labels.append(lut[vk.label])
+        image, label = np.stack(images), np.stack(labels)
+    elif data == "btcv":
+        from common.data.btcv import btcv_to_synapse12
+        from common.synthetic._fields import case_rng
+        from common.synthetic.btcv import make_btcv_case
+
+        size = (64, 64, 32) if quick else (240, 240, 128)
+        ct = make_btcv_case(size, case_rng(seed, 0), spacing=(1.5, 1.5, 2.0))
+        image = np.asarray(ScaleIntensityRange(-175, 250, 0.0, 1.0, clip=True)(ct.image[None].astype(np.float32)))
+        label = np.asarray(btcv_to_synapse12(ct.label)).astype(np.int64)
+        np.savez(path, image=image.astype(np.float32), label=label, affine=ct.affine)
+        return {"path": str(path)}
+    else:
+        raise ValueError(f"make_data: unknown data {data!r}; expected brats4, brats1, vk or btcv.")
+    np.savez(path, image=image.astype(np.float32), label=label)
+    return {"path": str(path)}
+
+
+# ------------------------------------------------------------------------------------------------------- networks
+def _bundle_parser(bundle: str, quick: bool, fast: bool):
+    from monai.bundle import ConfigParser
+
+    root = REPO_ROOT / "bundles" / bundle
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(root)
+    parser["device"] = "$torch.device('cpu')"
+    if quick:
+        overlay = json.loads((root / "configs" / "demo.json").read_text())["inference"]
+        for key, value in overlay.items():
+            if key in ("datalist",) or "num_workers" in key:
+                continue
+            parser[key] = value
+    if bundle == "refnet_synapse":
+        parser["load_base_model"] = False
+        if not quick:
+            parser["base_spacing"] = None  # the benchmark CT is already at the training spacing: no resampling
+    parser["fast_cpu"] = fast
+    return parser
+
+
+def build(case: Case, quick: bool, fast: bool) -> tuple[dict[str, Any], Callable]:
+    """``({name: network}, inferer)`` of one path; the inferer is called as ``inferer(x, networks['net'])``."""
+    import torch
+    from monai.inferers import SimpleInferer, SlidingWindowInferer
+    from monai.networks.nets import BasicUNet, SegResNet
+
+    from common.fast_inference import FastInferer
+
+    if case.config is not None:
+        parser = _bundle_parser(case.config, quick, fast)
+        nets = {"net": parser.get_parsed_content("network_def")}
+        inferer = parser.get_parsed_content("inferer")
+        if case.key == "refnet":
+            nets["base"] = inferer.base_network
+    elif case.key == "segresnet":
+        kw = {"init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]} if quick else {}
+        kw = {"init_filters": 16, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], **kw}
+        nets = {"net": SegResNet(spatial_dims=3, in_channels=4, out_channels=3, **kw)}
+        roi = [32] * 3 if quick else [128] * 3
+        inferer = FastInferer(SlidingWindowInferer(roi, sw_batch_size=1, overlap=0.5, mode="gaussian"), enabled=fast)
+    elif case.key == "basicunet":
+        features = (4, 4, 8, 16, 32, 4) if quick else (32, 32, 64, 128, 256, 32)
+        nets = {"net": BasicUNet(spatial_dims=2, in_channels=3, out_channels=3, features=features)}
+        inferer = FastInferer(SimpleInferer(), enabled=fast)
+    else:
+        raise ValueError(f"build: no builder for case {case.key!r}.")
+    for net in nets.values():
+        net.to(torch.device("cpu")).eval()
+    return nets, inferer
+
+
+# ------------------------------------------------------------------------------------------------------- training
+def _weights_path(work_dir: Path, case: Case, quick: bool) -> Path:
+    return Path(work_dir) / "weights" / f"{case.key}{'_quick' if quick else ''}.pt"
+
+
+def _patch(image: np.ndarray, label: np.ndarray, size: tuple[int, ...], rng: np.random.Generator):
+    """A random patch of ``size`` (spatial), centred on a foreground voxel two times in three."""
+    spatial = image.shape[1:]
+    fg = np.argwhere(label > 0)
+    if len(fg) and rng.random() < 2 / 3:
+        centre = fg[rng.integers(len(fg))]
+    else:
+        centre = np.array([rng.integers(s) for s in spatial])
+    start = [int(np.clip(c - s // 2, 0, max(d - s, 0))) for c, s, d in zip(centre, size, spatial, strict=True)]
+    sl = tuple(slice(b, b + s) for b, s in zip(start, size, strict=True))
+    return image[(slice(None), *sl)], label[sl]
+
+
+def _targets(case: Case, label):
+    import torch
+
+    if case.label == "regions":  # BraTS regions TC (NCR+ET), WT (all), ET, as the bundles' sigmoid heads
+        return torch.stack([(label == 1) | (label == 3), label > 0, label == 3], dim=1).float()
+    return label
+
+
+def _train_one(case: Case, net, data: dict, steps: int, quick: bool, which: str = "net") -> None:
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    image, label = data["image"], data["label"]
+    net.train()
+    for _ in range(steps):
+        if case.data == "vk":
+            idx = rng.choice(len(image), size=min(2, len(image)), replace=False)
+            x, y = torch.from_numpy(image[idx]), torch.from_numpy(label[idx])
+        elif which == "refnet":  # RefNet refines one-hot base labels: learn it on one-hot ground truth slices
+            z = rng.choice(label.shape[-1], size=4, replace=False)
+            y = torch.from_numpy(label[..., z]).permute(2, 0, 1)
+            x = F.one_hot(y, 13).permute(0, 3, 1, 2).float()
+        else:
+            size = (16, 16, 16) if quick else (32, 32, 32)
+            if which == "base":  # Swin UNETR: divisible by 32, and more than one voxel at the bottleneck
+                size = (64, 64, 32)
+            pairs = [_patch(image, label, size, rng) for _ in range(2)]
+            x = torch.from_numpy(np.stack([p[0] for p in pairs]))
+            y = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+        out = (out[0] if isinstance(out, (list, tuple)) else out).float()
+        target = _targets(case, y)
+        loss = F.binary_cross_entropy_with_logits(out, target) if case.label == "regions" else F.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+
+
+def train_weights(case: str, quick: bool, work_dir: str) -> dict:
+    """Briefly train ``case``'s networks on a training phantom and cache their state dicts (reused when present)."""
+    import torch
+
+    spec = CASES[case]
+    path = _weights_path(Path(work_dir), spec, quick)
+    if path.exists():
+        return {"path": str(path), "trained": False}
+    torch.manual_seed(0)
+    nets, _ = build(spec, quick, fast=False)
+    data = dict(np.load(make_data(spec.data, "train", quick, work_dir)["path"]))
+    steps = QUICK_TRAIN_STEPS if quick else TRAIN_STEPS["2d" if spec.data == "vk" else "3d"]
+    t0 = time.perf_counter()
+    if case == "refnet":
+        _train_one(spec, nets["base"], data, steps, quick, which="base")
+        _train_one(spec, nets["net"], data, steps, quick, which="refnet")
+    else:
+        _train_one(spec, nets["net"], data, steps, quick)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({k: v.state_dict() for k, v in nets.items()}, tmp)
+    tmp.replace(path)
+    return {"path": str(path), "trained": True, "steps": steps, "train_s": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------------------------------ measuring
+class _Counted:
+    """Counts the items a network is called on and remembers one item's shape (for the FLOPs per window)."""
+
+    def __init__(self, network) -> None:
+        self.network = network
+        self.items = 0
+        self.item_shape: tuple[int, ...] | None = None
+
+    def __call__(self, x, *args, **kwargs):
+        self.items += int(x.shape[0])
+        self.item_shape = (1, *x.shape[1:])
+        return self.network(x, *args, **kwargs)
+
+
+class _Timed:
+    """Wall time of each call of a wrapped inferer (the base stage of the RefNet cascade)."""
+
+    def __init__(self, inferer) -> None:
+        self.inferer = inferer
+        self.times: list[float] = []
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self.inferer(*args, **kwargs)
+        self.times.append(time.perf_counter() - start)
+        return out
+
+
+def _flops(network, item_shape) -> float:
+    """Forward FLOPs of one item; on the meta device when the network allows it (no real compute)."""
+    import torch
+
+    try:
+        return count_flops(copy.deepcopy(network).to("meta"), torch.zeros(item_shape, device="meta"))
+    except Exception:
+        return count_flops(network, torch.zeros(item_shape))
+
+
+def label_map(case: Case, logits) -> np.ndarray:
+    if case.label == "regions":
+        return (logits.float().sigmoid() > 0.5).to("cpu").numpy().astype(np.uint8)
+    return logits.float().argmax(1).to("cpu").numpy().astype(np.uint8)
+
+
+def measure(case: str, fast: bool, repeats: int, quick: bool, work_dir: str) -> dict:
+    """Time one path of ``case`` on its test phantom; saves the label map for the agreement check."""
+    import torch
+    from monai.data import MetaTensor
+
+    spec = CASES[case]
+    nets, inferer = build(spec, quick, fast)
+    state = torch.load(_weights_path(Path(work_dir), spec, quick), map_location="cpu")
+    for name, net in nets.items():
+        net.load_state_dict(state[name])
+    data = np.load(make_data(spec.data, "test", quick, work_dir)["path"])
+    x = torch.from_numpy(data["image"])
+    if spec.data != "vk":
+        x = x[None]
+    if spec.data == "btcv":
+        x = MetaTensor(x, affine=torch.as_tensor(data["affine"]))
+    counted = {"net": _Counted(nets["net"])}
+    base_timer = None
+    if spec.key == "refnet":
+        counted["base"] = _Counted(inferer.base_network)
+        inferer.base_network = counted["base"]
+        base_timer = _Timed(inferer.base_inferer)
+        inferer.base_inferer = base_timer
+    out: dict[str, Any] = {}
+
+    def once():
+        with torch.no_grad():  # as SupervisedEvaluator runs its inferer
+            out["logits"] = inferer(x, counted["net"])
+
+    warmup = 0 if (spec.heavy or quick) else 1
+    times = time_call(once, repeats=repeats, warmup=warmup)
+    calls = repeats + warmup
+    flops = {n: c.items / calls * _flops(c.network, c.item_shape) for n, c in counted.items()}
+    labels = label_map(spec, out["logits"])
+    label_path = Path(work_dir) / "labels" / f"{case}_{'fast' if fast else 'eager'}{'_quick' if quick else ''}.npy"
+    label_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(label_path, labels)
+    result = {
+        "times": times,
+        "flops": sum(flops.values()),
+        "flops_by_net": flops,
+        "windows": {n: c.items / calls for n, c in counted.items()},
+        "label_path": str(label_path),
+        "foreground_fraction": float((labels > 0).mean()),
+    }
+    if base_timer is not None:
+        result["base_times"] = base_timer.times[warmup:]
+        result["base_flops"] = flops["base"]
+    return result
+
+
+def dice_agreement(a: np.ndarray, b: np.ndarray, regions: bool) -> float:
+    """Mean Dice between two label maps over foreground classes (region channels) present in either; 1 if none."""
+    if regions:  # (B, C, ...) binary channels
+        pairs = [(a[:, c] > 0, b[:, c] > 0) for c in range(a.shape[1])]
+    else:
+        classes = sorted(set(np.unique(a)) | set(np.unique(b)) - {0})
+        pairs = [(a == c, b == c) for c in classes]
+    scores = [2.0 * (p & q).sum() / (p.sum() + q.sum()) for p, q in pairs if p.sum() + q.sum() > 0]
+    return float(np.mean(scores)) if scores else 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------- run
+def _call(ctx: Context, target: str, **kwargs: Any) -> dict:
+    """``run_isolated`` in full mode; in ``--quick`` mode an in-process call (interpreter start-up would dominate)."""
+    if not ctx.quick:
+        return run_isolated(target, threads=ctx.threads, **kwargs)
+    from bench.harness import peak_rss_mib
+
+    module, _, function = target.partition(":")
+    fn = globals()[function] if module == __name__ else None
+    if fn is None:
+        raise ValueError(f"_call: quick mode runs only functions of {__name__}, got {target!r}.")
+    return {**fn(**kwargs), "peak_rss_mib": peak_rss_mib()}
+
+
+def run(ctx: Context) -> list[dict]:
+    """All inference figures; every measurement in its own subprocess (in-process with ``ctx.quick``)."""
+    start = time.perf_counter()
+    work_dir = str(ctx.work_dir)
+
+    def log(msg: str) -> None:
+        print(f"[bench.inference {time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+
+    figs: list[dict] = []
+    peak = {}
+    for dtype in ("float32", "bfloat16"):
+        size = 512 if ctx.quick else 2048
+        peak[dtype] = _call(ctx, "bench.inference:matmul_peak", dtype=dtype, size=size, repeats=5)
+        name = f"matmul peak {dtype} ({size}x{size})"
+        figs.append(figure("inference", "machine", name, "GFLOP/s", peak[dtype]["result"], command=COMMAND))
+        log(f"{name}: {np.median(peak[dtype]['result']):.0f} GFLOP/s")
+    peak_median = {d: float(np.median(p["result"])) for d, p in peak.items()}
+    medians: dict[str, dict[bool, float]] = {}
+
+    for data in sorted({c.data for c in CASES.values()}):
+        _call(ctx, "bench.inference:make_data", data=data, split="test", quick=ctx.quick, work_dir=work_dir)
+    log("phantom inputs ready")
+
+    for key, case in CASES.items():
+        trained = _call(ctx, "bench.inference:train_weights", case=key, quick=ctx.quick, work_dir=work_dir)
+        log(f"{key}: weights " + (f"trained in {trained['train_s']:.0f} s" if trained["trained"] else "cached"))
+        res = {}
+        for fast in (False, True):
+            repeats = 1 if (case.heavy and not ctx.quick) else ctx.repeats
+            res[fast] = _call(
+                ctx, "bench.inference:measure", case=key, fast=fast, repeats=repeats, quick=ctx.quick, work_dir=work_dir
+            )
+            log(f"{key} {'fast' if fast else 'eager'}: median {np.median(res[fast]['times']):.1f} s")
+        figs += _case_figures(case, res, peak_median, ctx)
+        medians[key] = {fast: float(np.median(r["times"])) for fast, r in res.items()}
+    for key, ref in (("cohra", "segresnet"), ("fct", "basicunet")):
+        for fast in (False, True):
+            path = "fast_cpu path" if fast else "fp32 eager"
+            figs.append(
+                figure(
+                    "inference",
+                    CASES[key].bundle,
+                    f"{CASES[key].title} / {CASES[ref].title} wall time, both {path}, same input",
+                    "ratio",
+                    [medians[key][fast] / medians[ref][fast]],
+                    command=COMMAND,
+                )
+            )
+    log("done")
+    return figs
+
+
+def _case_figures(case: Case, res: dict, peak: dict, ctx: Context) -> list[dict]:
+    eager_path = "fp32 eager " + ("SimpleInferer" if case.data == "vk" else "SlidingWindowInferer")
+    inp = INPUT_DESC[case.data] + (" (quick: tiny)" if ctx.quick else "")
+    names = {fast: f"{case.title}: {'fast_cpu path' if fast else eager_path}, {inp}" for fast in (False, True)}
+    heavy_note = (
+        "one repeat per path (the slowest figures; three would exceed the budget of make bench)"
+        if case.heavy and not ctx.quick
+        else None
+    )
+    figs = []
+    for fast in (False, True):
+        r = res[fast]
+        figs.append(
+            figure(
+                "inference",
+                case.bundle,
+                names[fast],
+                "s",
+                r["times"],
+                reference=names[False] if fast else None,
+                command=COMMAND,
+                notes=heavy_note,
+            )
+        )
+        gflops = [r["flops"] / t / 1e9 for t in r["times"]]
+        dtype = "bfloat16" if fast else "float32"
+        windows = ", ".join(
+            f"{n}: {w:.0f} items of {r['flops_by_net'][n] / max(w, 1) / 1e9:.1f} GFLOP" for n, w in r["windows"].items()
+        )
+        figs.append(figure("inference", case.bundle, names[fast] + " [GFLOP/s]", "GFLOP/s", gflops, notes=windows))
+        figs.append(
+            figure(
+                "inference",
+                case.bundle,
+                names[fast] + f" [fraction of {dtype} matmul peak]",
+                "fraction",
+                [g / peak[dtype] for g in gflops],
+            )
+        )
+        figs.append(figure("inference", case.bundle, names[fast] + " [peak RSS]", "MiB", [r["peak_rss_mib"]]))
+        if "base_times" in r:
+            base_name = (
+                f"Swin UNETR base stage: {'fast_cpu path' if fast else 'fp32 eager SlidingWindowInferer'}, {inp}"
+            )
+            figs.append(
+                figure(
+                    "inference",
+                    "reference: Swin UNETR base",
+                    base_name,
+                    "s",
+                    r["base_times"],
+                    reference=None if not fast else f"Swin UNETR base stage: fp32 eager SlidingWindowInferer, {inp}",
+                    notes="timed inside the cascade runs above",
+                )
+            )
+    a, b = (np.load(res[f]["label_path"]) for f in (False, True))
+    dice = dice_agreement(a, b, regions=case.label == "regions")
+    figs.append(
+        figure(
+            "inference",
+            case.bundle,
+            f"{case.title}: label-map agreement fast_cpu vs fp32 eager (Dice)",
+            "Dice",
+            [dice],
+            notes=f"phantom-trained weights; foreground fraction {res[False]['foreground_fraction']:.4f} (eager), "
+            f"{res[True]['foreground_fraction']:.4f} (fast)",
+        )
+    )
+    return figs

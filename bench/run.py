@@ -1,0 +1,148 @@
+"""``make bench``: run every benchmark module, then write ``<out>/<UTC timestamp>.{json,md}`` and ``<out>/latest.*``.
+
+    python -m bench.run --out bench/results [--only bench.inference] [--quick] [--repeats 3] [--threads 2]
+
+Each module's ``run(ctx)`` returns figures (see :mod:`bench.harness`); this script adds a summary (median, min,
+max, IQR, n) to each, and for a figure naming a ``reference`` the ratio of the two medians measured in this same
+run. A module that raises is listed as failed with its error, the others are still written, and the exit status
+is non-zero. No time is ever compared with a fixed number: only ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.harness import Context, machine_info, set_threads, summarise
+
+MODULES = ("bench.inference", "bench.training", "bench.fct_comparison")
+
+
+def _fmt(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def summarise_figures(figures: list[dict]) -> list[dict]:
+    """Add ``summary`` to every figure and ``ratio`` (median / reference median) where the reference exists."""
+    by_name = {}
+    for fig in figures:
+        fig["summary"] = summarise(fig["values"])
+        by_name[fig["name"]] = fig
+    for fig in figures:
+        ref = by_name.get(fig.get("reference", ""))
+        if ref is not None and ref["summary"]["median"]:
+            fig["ratio"] = fig["summary"]["median"] / ref["summary"]["median"]
+    return figures
+
+
+def markdown(report: dict) -> str:
+    """One table per group: figure, median, spread (min-max), n, ratio vs its reference."""
+    m = report["machine"]
+    lines = [
+        f"# Benchmark {report['timestamp']}",
+        "",
+        f"Machine: {m['cpu_model']}, {m['logical_cores']} logical cores, {report['threads']} torch threads; "
+        f"python {m['python']}, torch {m['torch']}, monai {m['monai']}, numpy {m['numpy']}; "
+        f"AVX-512 BF16: {m['cpu_flags'].get('avx512_bf16')}, AMX: {m['cpu_flags'].get('amx_bf16')}.",
+        f"Command: `{report['command']}`"
+        + (" (quick smoke mode: tiny shapes, not a measurement)" if report["quick"] else "")
+        + f". Wall time of the whole run: {report['wall_s']:.0f} s.",
+        "Ratios are median / reference median measured in this same run; spread is min-max over the repeats.",
+        "",
+    ]
+    for mod in report["modules"]:
+        status = "ok" if mod["ok"] else f"FAILED: {mod['error'].strip().splitlines()[-1]}"
+        lines.append(f"- `{mod['module']}`: {status} ({mod['wall_s']:.0f} s)")
+    groups: dict[str, list[dict]] = {}
+    for fig in report["figures"]:
+        groups.setdefault(fig["group"], []).append(fig)
+    for group, figs in groups.items():
+        lines += [
+            "",
+            f"## {group}",
+            "",
+            "| figure | median | spread (min-max) | n | ratio vs reference |",
+            "|---|---|---|---|---|",
+        ]
+        for fig in figs:
+            s = fig["summary"]
+            ratio = f"{_fmt(fig['ratio'])} vs {fig['reference']}" if "ratio" in fig else ""
+            lines.append(
+                f"| {fig['name']} | {_fmt(s['median'])} {fig['unit']} | {_fmt(s['min'])}-{_fmt(s['max'])} | {s['n']} "
+                f"| {ratio} |"
+            )
+        notes = [f"- {fig['name']}: {fig['notes']}" for fig in figs if fig.get("notes")]
+        if notes:
+            lines += ["", "Notes:", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="output folder")
+    parser.add_argument("--only", action="append", choices=MODULES, help="run only this module (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny shapes, one repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per figure (default 3; 1 with --quick)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in every measurement (default 2)")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    threads = set_threads(args.threads)
+    ctx = Context(
+        repeats=1 if args.quick else args.repeats,
+        quick=args.quick,
+        threads=threads,
+        work_dir=args.out / ("work_quick" if args.quick else "work"),
+    )
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    figures, modules = [], []
+    for name in args.only or MODULES:
+        t0 = time.perf_counter()
+        print(f"[bench {time.perf_counter() - start:6.0f} s] {name} ...", flush=True)
+        try:
+            module_figures = importlib.import_module(name).run(ctx)
+            figures += module_figures
+            modules.append({"module": name, "ok": True, "figures": len(module_figures)})
+        except Exception:
+            error = traceback.format_exc()
+            print(f"[bench] {name} FAILED:\n{error}", file=sys.stderr, flush=True)
+            modules.append({"module": name, "ok": False, "error": error})
+        modules[-1]["wall_s"] = time.perf_counter() - t0
+        print(f"[bench {time.perf_counter() - start:6.0f} s] {name} done in {modules[-1]['wall_s']:.0f} s", flush=True)
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report = {
+        "timestamp": stamp,
+        "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "quick": args.quick,
+        "repeats": ctx.repeats,
+        "threads": threads,
+        "machine": machine_info(),
+        "modules": modules,
+        "figures": summarise_figures(figures),
+        "wall_s": time.perf_counter() - start,
+    }
+    text = json.dumps(report, indent=2)
+    md = markdown(report)
+    for base in (stamp, "latest"):
+        (args.out / f"{base}.json").write_text(text)
+        (args.out / f"{base}.md").write_text(md)
+    print(f"[bench {report['wall_s']:6.0f} s] wrote {args.out / (stamp + '.json')} and .md", flush=True)
+    return 0 if all(m["ok"] for m in modules) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
