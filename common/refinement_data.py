@@ -59,6 +59,8 @@ from common.io import atomic_write_bytes, atomic_write_json
 __all__ = [
     "DATALIST_NAME",
     "SOURCES",
+    "RefinementDataError",
+    "RefinementFileNotFoundError",
     "base_oof",
     "base_test",
     "corrupt_gt",
@@ -77,10 +79,18 @@ _PATH_KEYS_IN_DATASET = ("image", "label")
 _PATH_KEYS_IN_DATALIST = ("base", "base_probabilities")
 
 
+class RefinementDataError(BTCVDataError):
+    """A refinement datalist, or a file it or ``configs/refine.json`` names, is not what was expected."""
+
+
+class RefinementFileNotFoundError(RefinementDataError, FileNotFoundError):
+    """A refinement datalist, or a file it or ``configs/refine.json`` names, does not exist."""
+
+
 def require_file(path: str | os.PathLike, what: str) -> str:
     """``path`` as a string if it is a file; otherwise ``FileNotFoundError`` naming ``what`` was expected there."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"'{path}' does not exist: expected the {what} there.")
+        raise RefinementFileNotFoundError(f"'{path}' does not exist: expected the {what} there.")
     return str(path)
 
 
@@ -140,25 +150,25 @@ def load_refinement_datalist(
     """
     path = Path(datalist_file).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise RefinementFileNotFoundError(
             f"'{path}': no refinement datalist there; make one with python -m common.refinement_data "
             "base-oof / base-test (or corrupt-gt for a quick check)."
         )
     try:
         content = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"'{path}': not valid JSON ({e})") from e
+        raise RefinementDataError(f"'{path}': not valid JSON ({e})") from e
     if not isinstance(content, dict) or not any(isinstance(content.get(s), list) for s in ("training", "test")):
-        raise ValueError(f"'{path}': expected an object with a 'training' and/or 'test' list of entries.")
+        raise RefinementDataError(f"'{path}': expected an object with a 'training' and/or 'test' list of entries.")
     raw_dir = find_raw_data_dir(dataset_dir).resolve()
     sections: dict[str, list[dict[str, Any]]] = {"training": [], "test": []}
     for section in ("training", "test"):
         for i, item in enumerate(content.get(section, [])):
             missing = [k for k in ("case", "image", "label", "base") if k not in item]
             if missing:
-                raise ValueError(f"'{path}': {section}[{i}] lacks {missing}.")
+                raise RefinementDataError(f"'{path}': {section}[{i}] lacks {missing}.")
             if require_probabilities and "base_probabilities" not in item:
-                raise ValueError(
+                raise RefinementDataError(
                     f"'{path}': {section}[{i}] (case {item['case']}) has no base_probabilities, which RefNet with "
                     "probability input needs; make the base predictions with --probabilities."
                 )
@@ -171,7 +181,7 @@ def load_refinement_datalist(
             if check_files:
                 for key in (*_PATH_KEYS_IN_DATASET, *_PATH_KEYS_IN_DATALIST):
                     if key in entry and not Path(entry[key]).is_file():
-                        raise FileNotFoundError(
+                        raise RefinementFileNotFoundError(
                             f"'{entry[key]}' does not exist; it is the {key!r} of {section}[{i}] (case "
                             f"{item['case']}) in '{path}'."
                         )
@@ -240,7 +250,7 @@ def refine_datalist(
     if image_file:
         entry["image"] = require_file(Path(image_file).expanduser(), "CT of the segmentation")
     elif use_image:
-        raise ValueError(
+        raise RefinementDataError(
             "the image-aware RefNet (use_image true) needs the CT of the segmentation: set image_file, or refine "
             "with the label-only RefNet."
         )
@@ -486,7 +496,8 @@ def corrupt_gt(
     for index, (section, case, copy) in enumerate(jobs):
         label_file = btcv_case_paths(raw_dir, case).label
         label = nib.load(str(label_file))
-        ids = btcv_to_synapse12(np.asarray(label.dataobj), name=str(label_file)).astype(np.uint8)
+        # rounded, not truncated: the check accepts ids within 1e-3 of a whole number (5.9997 is the liver, 6)
+        ids = np.rint(btcv_to_synapse12(np.asarray(label.dataobj), name=str(label_file))).astype(np.uint8)
         for i, transform in enumerate(corruptions):
             transform.set_random_state(seed=(seed * 1_000_003 + index) * len(corruptions) + i)
         data = {"base": ids[None]}

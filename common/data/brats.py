@@ -50,11 +50,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from common.io import atomic_write_json
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
+
+from common.errors import BadInputError
+from common.io import atomic_write_json
 
 __all__ = [
     "BRATS_2021",
@@ -96,7 +98,7 @@ _MODALITY_ALIASES = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
 _IMAGE_EXTENSIONS = (".nii.gz", ".nii")  # BraTS ships .nii.gz; some users decompress the archive
 
 
-class BratsDataError(ValueError):
+class BratsDataError(BadInputError):
     """A BraTS dataset folder, split file or label map is not what was expected."""
 
 

@@ -49,6 +49,8 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from common.errors import BadInputError
+
 __all__ = [
     "BTCV_LABELS",
     "BTCV_TRAINING_CASES",
@@ -152,7 +154,7 @@ BTCV_TO_SYNAPSE12: dict[int, int] = {13: 12}
 _NUM_BTCV_IDS = len(BTCV_LABELS)  # 0..13
 
 
-class BTCVDataError(ValueError):
+class BTCVDataError(BadInputError):
     """A BTCV dataset folder, case or label map is not what was expected."""
 
 
@@ -178,9 +180,10 @@ def btcv_to_synapse12(label: NdarrayOrTensor, name: str | None = None) -> Ndarra
         BTCVDataError: naming the label map, when it holds values that are not integer ids in ``0..13``.
     """
     values = torch.as_tensor(label.detach() if isinstance(label, torch.Tensor) else np.asarray(label))
+    # Map by the rounded id: a value the check below accepts as 13 (within 1e-3) must become 12 like an exact 13.
+    ids = torch.round(values.double())
     if values.numel():
         low, high = float(values.min()), float(values.max())
-        ids = torch.round(values.double())
         if low < 0 or high > _NUM_BTCV_IDS - 1 or bool(torch.any(torch.abs(values.double() - ids) > 1e-3)):
             found = torch.unique(values).tolist()
             shown = ", ".join(f"{v:g}" for v in found[:20]) + (", ..." if len(found) > 20 else "")
@@ -192,12 +195,11 @@ def btcv_to_synapse12(label: NdarrayOrTensor, name: str | None = None) -> Ndarra
     if isinstance(label, torch.Tensor):
         out = label.clone()
         for source, target in BTCV_TO_SYNAPSE12.items():
-            out[label == source] = target
+            out[ids == source] = target
         return out
-    array = np.asarray(label)
-    out_array = array.copy()
+    out_array = np.asarray(label).copy()
     for source, target in BTCV_TO_SYNAPSE12.items():
-        out_array[array == source] = target
+        out_array[(ids == source).numpy()] = target
     return out_array
 
 

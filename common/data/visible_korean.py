@@ -57,7 +57,7 @@ the whole-body set) are spread evenly over the held-out slices, so they lie in d
 from both training and validation; their neighbours are validation slices, so the network never trained near them.
 Use ``--quality-check 0`` to keep every slice for training and validation.
 
-MONAI preprocessing of the bundle (:func:`preprocessing_config`; the bundle configs list exactly these
+MONAI preprocessing of the bundle (:func:`preprocessing_config`; the bundle configs list these
 transforms)::
 
     [
@@ -70,6 +70,9 @@ transforms)::
         {"_target_": "SpatialPadd", "keys": ["image", "label"], "spatial_size": [256, 256]}
     ]
 
+- The configs add the input checks of :mod:`common.transforms.validation` (``ValidateImageFilesd`` before
+  ``LoadImaged``, ``ValidateImaged`` after ``EnsureChannelFirstd``), which pass good data through unchanged and
+  stop on a truncated, non-PNG, non-RGB or blank file with its name.
 - ``LoadImaged`` reads PNGs with MONAI's ``PILReader``, which swaps the two axes (``reverse_indexing``): an H x W
   photograph arrives as ``(W, H, 3)`` and its label as ``(W, H)``. Both are swapped alike, so they stay aligned, and
   ``SaveImaged(output_ext=".png")`` swaps back, so predictions are written H x W like the input.
@@ -110,6 +113,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
+from common.errors import BadInputError
 from common.io import atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -178,7 +182,7 @@ _LAYOUT = (
 )
 
 
-class VKDataError(ValueError):
+class VKDataError(BadInputError):
     """A Visible Korean dataset folder, colour table, image or segmentation is not what was expected."""
 
 
