@@ -5,7 +5,8 @@
 Checks, in order: required files; ``large_files.yml`` (every entry a ``models/`` path, an http(s) URL and a sha256,
 see ``ci/large_files.py``); metadata rules (``version`` in ``changelog``, ``required_packages_version`` only,
 no ``#`` in any string because MONAI rewrites it); metadata against MONAI's schema (offline copy, see
-``zoo.find_schema``; skipped with a clear message when no copy is found); every config parses and the standard
+``zoo.find_schema``; skipped with a clear message when no copy is found); ``logging.conf`` uses only standard
+handler classes with literal arguments (``fileConfig`` evaluates them as code); every config parses and the standard
 train / evaluate / inference stacks expose MONAI's required properties; ``network_def`` instantiates, identically
 in train.json and inference.json; ``verify_net_in_out``; TorchScript export with ``ckpt_export`` that loads back,
 carries metadata.json and inference.json, and matches eager output. Exit status 1 when any check fails.
@@ -14,6 +15,8 @@ carries metadata.json and inference.json, and matches eager output. Exit status 
 from __future__ import annotations
 
 import argparse
+import ast
+import configparser
 import contextlib
 import re
 import shutil
@@ -44,6 +47,68 @@ REQUIRED_FILES = (
 DEMO_KEYS = {"synthetic", "train", "evaluate", "inference", "overlay"}
 # "@train#dataset", "%train#postprocessing", "%configs/segresnet.json#network_def"
 REFERENCE = re.compile(r"@[\w#]+|%[\w./-]*#[\w#]+|%\w+")
+
+
+# logging.config.fileConfig, which `monai.bundle run` applies to configs/logging.conf, eval()s each handler's
+# class, args and kwargs: a logging.conf is code. Only these handler classes and literal arguments pass.
+SAFE_HANDLER_CLASSES = {
+    f"{prefix}{name}"
+    for name, prefixes in {
+        "StreamHandler": ("", "logging."),
+        "FileHandler": ("", "logging."),
+        "NullHandler": ("", "logging."),
+        "RotatingFileHandler": ("handlers.", "logging.handlers."),
+        "TimedRotatingFileHandler": ("handlers.", "logging.handlers."),
+    }.items()
+    for prefix in prefixes
+}
+SAFE_STREAMS = {"sys.stdout", "sys.stderr"}
+
+
+def logging_conf_problems(path: Path) -> list[str]:
+    """What in a ``logging.conf`` would make ``fileConfig`` run more than a standard handler with literal arguments."""
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read_string(path.read_text(), source=str(path))
+    except configparser.Error as e:
+        return [f"is not an INI file ({e})"]
+    problems = []
+    for section in parser.sections():
+        options = parser[section]
+        if section.startswith("handler_"):
+            if options.get("class", "").strip() not in SAFE_HANDLER_CLASSES:
+                problems.append(
+                    f"[{section}] class {options.get('class')!r} is not one of {sorted(SAFE_HANDLER_CLASSES)}"
+                )
+            for key, default in (("args", "()"), ("kwargs", "{}")):
+                if not _literal_arguments(options.get(key, default)):
+                    problems.append(
+                        f"[{section}] {key} {options.get(key)!r} is not literal values (or sys.stdout/stderr)"
+                    )
+            if "target" in options:
+                problems.append(f"[{section}] has target {options['target']!r}: memory handlers are not needed here")
+        elif section.startswith("formatter_") and options.get("class", "logging.Formatter") != "logging.Formatter":
+            problems.append(f"[{section}] class {options['class']!r} is not logging.Formatter")
+    return [f"{path.name} {p}" for p in problems]
+
+
+def _literal_arguments(text: str) -> bool:
+    """``text`` is a literal (tuple, dict, ...) whose only names are the streams ``sys.stdout`` / ``sys.stderr``."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        return False
+    items = tree.elts if isinstance(tree, ast.Tuple) else tree.values if isinstance(tree, ast.Dict) else [tree]
+    for item in items:
+        if ast.unparse(item) in SAFE_STREAMS:
+            continue
+        try:
+            ast.literal_eval(item)
+        except (ValueError, TypeError, SyntaxError, RecursionError):
+            return False
+    if isinstance(tree, ast.Dict):
+        return all(isinstance(k, ast.Constant) for k in tree.keys)
+    return True
 
 
 class Skipped(Exception):
@@ -87,6 +152,7 @@ class BundleVerifier:
             ("metadata", self.check_metadata),
             ("schema", self.check_schema),
             ("demo.json", self.check_demo_spec),
+            ("logging.conf", self.check_logging_conf),
             ("configs", self.check_configs),
             ("network_def", self.check_network_def),
             ("verify_net_in_out", self.check_net_in_out),
@@ -123,6 +189,12 @@ class BundleVerifier:
         if not entries:
             return "no weights published yet (empty list)"
         return ", ".join(f"{e['path']} <- {e['url']}" for e in entries)
+
+    def check_logging_conf(self) -> str:
+        problems = logging_conf_problems(self.configs / "logging.conf")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return "standard handlers, literal arguments (fileConfig evaluates them)"
 
     def check_metadata(self) -> str:
         meta = zoo.load_json(self.meta_file)
