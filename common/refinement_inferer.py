@@ -9,7 +9,9 @@ own weights (``models/base_model.pt``). MONAI Label and MONAI Deploy, which read
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,13 +24,29 @@ from monai.utils import convert_to_dst_type
 
 from common.transforms.refinement import AddNeighbouringSlicesd
 
-__all__ = ["BASE_INPUTS", "BaseThenRefineInferer", "refnet_input"]
+__all__ = ["BASE_INPUTS", "BaseThenRefineInferer", "load_weights", "refnet_input"]
 
 BASE_INPUTS = ("labels", "probabilities")
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
+def load_weights(network: nn.Module, path: str | os.PathLike | None) -> nn.Module:
+    """``network`` with the weights of the checkpoint at ``path`` loaded (strictly), or unchanged when ``path`` is None.
+
+    The checkpoint is a state dict or MONAI's ``{"model": state dict}``. This loads the base model where it is built,
+    because MONAI Label's ``monaibundle`` app instantiates ``inferer`` but never runs ``initialize`` (where the
+    bundle's checkpoint loaders are), which would leave the base model randomly initialised there.
+    """
+    if path is None:
+        return network
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"'{path}' does not exist: expected the base model weights there.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    network.load_state_dict(checkpoint.get("model", checkpoint))
+    return network
 
 
 def refnet_input(
