@@ -320,7 +320,7 @@ def test_files_check_names_every_kind_of_file_problem(tmp_path):
     with pytest.raises(InputValidationError, match=r"plain\.nii' is truncated: it holds 1878 bytes .* expected 1888"):
         check({"image": str(plain), "label": str(image)})
     out = check({"image": str(image), "label": str(nifti(tmp_path / "ok.nii.gz", np.zeros(SHAPE, np.uint8)))})
-    assert out["image_files"] == [str(image)]
+    assert out["files_of_image"] == [str(image)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -229,8 +229,9 @@ class ValidateImageFilesd(MapTransform):
     """Check the image files a data item lists, before ``LoadImaged`` reads them (module docstring).
 
     The item's values for ``keys`` are file paths, or lists of paths that ``LoadImaged`` stacks into channels
-    (one file per BraTS modality). The item passes through unchanged, plus ``<key>_files``: the list of paths, so
-    that :class:`ValidateImaged` can name the file of a bad channel after the files are stacked.
+    (one file per BraTS modality). The item passes through unchanged, plus ``files_of_<key>``: the list of paths, so
+    that :class:`ValidateImaged` can name the file of a bad channel after the files are stacked. (Not
+    ``<key>_files``: ``Spacingd`` and others take every ``<key>_*`` entry for a meta dict.)
 
     Args:
         keys: keys of the file paths.
@@ -309,7 +310,7 @@ class ValidateImageFilesd(MapTransform):
                         f"'{first.path}' ({_grid_text(first, ref)}) is not on the grid of '{ref.path}' "
                         f"({_grid_text(ref, first)}); expected the files of one case to share shape and affine."
                     )
-            d[f"{key}_files"] = paths
+            d[f"files_of_{key}"] = paths
         return d
 
 
@@ -327,7 +328,7 @@ class ValidateImaged(MapTransform):
     """Check loaded, channel-first images: not empty, finite, no constant channel (module docstring).
 
     Put it right after ``LoadImaged(ensure_channel_first=True)`` (or ``EnsureChannelFirstd``). Messages name the
-    file of the offending channel, taken from ``<key>_files`` (written by :class:`ValidateImageFilesd`) or the
+    file of the offending channel, taken from ``files_of_<key>`` (written by :class:`ValidateImageFilesd`) or the
     image's ``filename_or_obj``. The data pass through unchanged.
 
     Args:
@@ -394,5 +395,5 @@ class ValidateImaged(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            self._check(key, d[key], d.get(f"{key}_files"))
+            self._check(key, d[key], d.get(f"files_of_{key}"))
         return d
