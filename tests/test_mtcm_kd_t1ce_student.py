@@ -234,7 +234,7 @@ def test_variant_overlay_trains_one_epoch(data, variant):
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 1 and trainer.state.iteration == 1
     saved = torch.load(Path(overrides["ckpt_dir"]) / "checkpoint_epoch=1.pt", weights_only=False)
-    base = {"network", "optimizer", "trainer", "lr_scheduler", "evaluator"}  # evaluator: the best metric so far
+    base = {"network", "optimizer", "trainer", "lr_scheduler", "evaluator", "best_model_saver"}  # + best metric, file
     teachers = {"teacher_0", "teacher_1", "teacher_2", "teacher_optimizer", "teacher_weights"}
     if variant == "t1_student":
         assert trainer.student_channel == 0 and trainer.teacher_channels == [3, 2, 1]  # T1; FLAIR, T2, T1ce

@@ -2,8 +2,8 @@
 
 A resumed run is checked from the inside by a *probe*: an overlay that adds one handler to the bundle's trainer,
 which at the first epoch start of the process (after ``CheckpointLoader`` ran, before any training step) saves the
-epoch and iteration counters, the network's weights and the evaluator's best metric for the test to compare with
-the checkpoint it resumed from.
+epoch and iteration counters, the network's weights, the evaluator's best metric and the best-model saver's record
+for the test to compare with the checkpoint it resumed from.
 """
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ def resume_probe(probe_file: Path) -> dict:
     Default arguments bind the referenced objects: a lambda built by ``eval`` cannot see MONAI's local references.
     """
     handler = (
-        "lambda engine, net=@network, evaluator=@validate#evaluator: os.path.exists(PROBE) or torch.save({"
-        "'epoch': engine.state.epoch, 'iteration': engine.state.iteration, "
-        "'weights': getattr(net, 'module', net).state_dict(), 'best_metric': evaluator.state.best_metric}, "
-        "PROBE)"
+        "lambda engine, net=@network, evaluator=@validate#evaluator, contents=@checkpoint_contents: "
+        "os.path.exists(PROBE) or torch.save({'epoch': engine.state.epoch, 'iteration': engine.state.iteration, "
+        "'weights': getattr(net, 'module', net).state_dict(), 'best_metric': evaluator.state.best_metric, "
+        "'best_files': contents['best_model_saver'].state_dict()}, PROBE)"
     ).replace("PROBE", repr(str(probe_file)))
     return {
         "+imports": ["$import os", "$from ignite.engine import Events"],
@@ -100,6 +100,9 @@ def check_resumed_from(checkpoint_file: Path, probe_file: Path) -> None:
     for name, value in weights.items():
         assert torch.equal(probe["weights"][name], value), f"{name} differs from the checkpoint's"
     assert probe["best_metric"] == saved["evaluator"]["best_metric"], (probe["best_metric"], saved["evaluator"])
+    # the best-model saver knows which file holds which score, so a worse model cannot replace the best one
+    assert probe["best_files"]["_saved"], "the checkpoint holds no best-model record"
+    assert probe["best_files"] == saved["best_model_saver"], (probe["best_files"], saved["best_model_saver"])
 
 
 def _tail(log_file: Path, lines: int = 40) -> str:

@@ -57,6 +57,16 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 checkpoint.save_handler = AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
 
+    def state_dict(self) -> dict:
+        """Which best-model files exist and with what score, to store in the training checkpoint.
+
+        MONAI's ``load_state_dict`` restores it on resume. Without it a resumed saver starts with no record, and the
+        first validation after the resume overwrites the best model with whatever it scored.
+        """
+        if self._key_metric_checkpoint is None:
+            raise ValueError("AtomicCheckpointSaver.state_dict: no best-model record to save (save_key_metric is off)")
+        return dict(self._key_metric_checkpoint.state_dict())
+
 
 def _intact(path: Path) -> bool:
     """A ``torch.save`` file is a zip archive; a truncated or overwritten one fails the CRC of some member."""
