@@ -15,7 +15,6 @@ and the header comment says what an entry looks like.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import sys
 from pathlib import Path, PurePosixPath
@@ -23,7 +22,7 @@ from urllib.parse import urlparse
 
 import zoo  # noqa: F401  (puts the repository root on sys.path)
 
-from common.io import atomic_write_bytes
+from common.io import atomic_write_bytes, sha256_file
 
 FILE_NAME = "large_files.yml"
 HASH_TYPE = "sha256"
@@ -37,14 +36,6 @@ HEADER = """\
 #   python ci/large_files.py add bundles/<name> <weights file> --url <where it is uploaded>
 # An empty list means that no weights are published yet.
 """
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_large_files(bundle: Path) -> list[dict]:
@@ -114,7 +105,12 @@ def add_weights(bundle: Path, weights: Path, url: str, path: str | None = None) 
     """Record ``weights`` (to be uploaded to ``url``) in the bundle's list, replacing an entry with the same path."""
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no such weights file")
-    entry = {"path": path or f"models/{weights.name}", "url": url, "hash_val": sha256(weights), "hash_type": HASH_TYPE}
+    entry = {
+        "path": path or f"models/{weights.name}",
+        "url": url,
+        "hash_val": sha256_file(weights),
+        "hash_type": HASH_TYPE,
+    }
     entries = [e for e in read_large_files(bundle) if e["path"] != entry["path"]] + [entry]
     write_large_files(bundle, entries)
     return entry

@@ -28,9 +28,9 @@ import zipfile
 from pathlib import Path
 
 import zoo
-from large_files import WEIGHT_SUFFIXES, sha256
+from large_files import WEIGHT_SUFFIXES
 
-from common.io import atomic_write_json
+from common.io import atomic_write_json, sha256_file
 
 CATALOGUE_NAME = "model_info.json"
 # Not part of a release: caches, local run outputs, and anything a user trained or evaluated into the folder.
@@ -107,7 +107,7 @@ def write_catalogue(out_dir: Path, base_url: str | None = None) -> Path:
     catalogue = {}
     for zip_path in sorted(out_dir.glob("*_v*.zip")):
         name, meta = _release_metadata(zip_path)
-        digest = sha256(zip_path)
+        digest = sha256_file(zip_path)
         catalogue[f"{name}_v{meta['version']}"] = {
             "source": f"{base_url.rstrip('/')}/{zip_path.name}" if base_url else zip_path.name,
             "checksum": digest,
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for bundle in args.bundles:
             target = package_bundle(bundle, args.out)
-            print(f"{target}  sha256 {sha256(target)}  {target.stat().st_size} bytes")
+            print(f"{target}  sha256 {sha256_file(target)}  {target.stat().st_size} bytes")
         catalogue = write_catalogue(args.out, args.base_url)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,22 +13,15 @@ Weights listed in a bundle's ``large_files.yml`` need no such step: ``download_l
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import stat
 import sys
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from common.io import sha256_file
+
 __all__ = ["unsafe_members", "verify_release_zip"]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def unsafe_members(zip_path: str | Path) -> list[str]:
@@ -65,7 +58,7 @@ def verify_release_zip(zip_path: str | Path, catalogue: str | Path) -> dict:
             f"it lists {sorted(e.get('file') for e in entries.values() if isinstance(e, dict))})"
         )
     (entry,) = matches
-    digest = _sha256(zip_path)
+    digest = sha256_file(zip_path)
     if digest != entry.get("sha256"):
         raise ValueError(f"{zip_path}: sha256 {digest} differs from {entry.get('sha256')} in {catalogue}: do not use")
     if zip_path.stat().st_size != entry.get("size"):

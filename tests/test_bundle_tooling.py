@@ -26,6 +26,8 @@ import pytest
 import zoo
 from conftest import BUNDLES_UNDER_TEST, FIXTURE_BUNDLE, REPO_ROOT, prepare_demo_data
 
+from common.io import sha256_file
+
 BUNDLE_IDS = [b.name for b in BUNDLES_UNDER_TEST]
 
 
@@ -154,7 +156,7 @@ def http_server(tmp_path: Path):
 
 
 def _sha256(path: Path) -> str:
-    return large_files.sha256(path)
+    return sha256_file(path)
 
 
 def _net_override(bundle: Path, overlay: dict) -> dict:
@@ -269,7 +271,7 @@ def test_large_files_yml_rules(tmp_path: Path):
     assert entry == {
         "path": "models/model.pt",
         "url": "https://example.org/zoo/model.pt",
-        "hash_val": large_files.sha256(weights),
+        "hash_val": sha256_file(weights),
         "hash_type": "sha256",
     }
     large_files.add_weights(bundle, weights, url="https://example.org/zoo/v2/model.pt")  # same path: replaced
@@ -327,7 +329,7 @@ def test_make_package_writes_every_zip_and_a_catalogue_monai_reads(tmp_path: Pat
     for key, entry in catalogue.items():
         zip_path = dist / entry["file"]
         assert entry["file"] == f"{key}.zip" and zip_path.is_file()
-        assert entry["sha256"] == entry["checksum"] == large_files.sha256(zip_path)
+        assert entry["sha256"] == entry["checksum"] == sha256_file(zip_path)
         assert entry["size"] == zip_path.stat().st_size
         assert entry["source"] == f"https://example.org/zoo/{key}.zip"
         assert entry["monai_version"] and entry["pytorch_version"]
