@@ -155,10 +155,6 @@ def http_server(tmp_path: Path):
     server.server_close()
 
 
-def _sha256(path: Path) -> str:
-    return sha256_file(path)
-
-
 def _net_override(bundle: Path, overlay: dict) -> dict:
     """``monai.bundle.load``'s ``net_override`` for the network that ``overlay`` sizes.
 
@@ -206,7 +202,7 @@ def test_release_downloads_fetches_weights_infers_and_loads(
     cmd = [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(downloaded)]
     result = _run(cmd, user, env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert _sha256(downloaded / "models" / "model.pt") == _sha256(weights)
+    assert sha256_file(downloaded / "models" / "model.pt") == sha256_file(weights)
 
     where = _run([sys.executable, "-c", "import common, sys; print(common.__file__); print(sys.path)"], downloaded, env)
     assert where.stdout.startswith(str(downloaded / "common")), where.stdout + where.stderr
