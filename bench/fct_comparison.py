@@ -1,12 +1,13 @@
-"""FCT next to MONAI BasicUNet 2D on Visible Korean phantoms: Dice reached with the same training budget, and the
-training step time and peak memory of both at the bundle's 256 x 256 input.
+"""FCT next to MONAI BasicUNet 2D on Visible Korean phantoms: the Dice each reaches with the same training budget.
+
+Part of ``make bench-full`` (about 3.5 minutes; ``make bench`` has a 20-minute budget and measures speed and memory:
+the training step of both networks at the bundle's 256 x 256 input is in :mod:`bench.training`).
 
 Both networks are trained and evaluated through ``python -m monai.bundle run`` with the bundle's own
 ``configs/train.json`` / ``configs/evaluate.json`` (BasicUNet adds ``configs/basicunet.json``) and one small overlay:
 the same phantoms, split, preprocessing and augmentation, loss, optimizer, schedule, number of steps and seed. Only
 the network differs. FCT runs at a reduced width (the demo's filters 8-128, one head: 1.6 M parameters, next to
-BasicUNet's 2.0 M) so that the run fits the benchmark's minutes on two CPU cores; the step-time and memory figures
-use the paper preset (21 M parameters) and BasicUNet's defaults, as ``train.json`` / ``basicunet.json`` build them.
+BasicUNet's 2.0 M) so that the run fits the benchmark's minutes on two CPU cores.
 
 The Dice is scored on held-out phantoms (the prepared split's ``quality_check`` slices: in neither training nor
 validation), with the final weights (validation runs once, after the last epoch, so nothing is selected on it).
@@ -23,14 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import REPO_ROOT, Context, figure, run_isolated
+from bench.harness import REPO_ROOT, Context, figure
 from bench.training import Phantoms, prepare_phantoms
 from common.bundle_run import monai_bundle_run
 from common.io import atomic_write_json
 from common.metrics.summary import DELIMITER
 
 BUNDLE = REPO_ROOT / "bundles" / "fct_visible_korean"
-COMMAND = "make bench  (or: .venv/bin/python -m bench.run --only bench.fct_comparison)"
+COMMAND = "make bench-full  (or: .venv/bin/python -m bench.run --only bench.fct_comparison)"
 
 # 1/4 of the real 1216 x 2048 slices: the bundle resizes every slice to image_size anyway, and smaller files keep
 # loading out of the way of a budget counted in minutes.
@@ -135,7 +136,7 @@ def _train_command(name: str) -> str:
 
 
 def run(ctx: Context) -> list[dict]:
-    """Held-out bone and muscle Dice of FCT and BasicUNet after the same training; step time and RSS at 256^2."""
+    """Held-out bone and muscle Dice of FCT and BasicUNet after the same training."""
     start = time.perf_counter()
     spec, budget = (PHANTOMS_QUICK, BUDGET_QUICK) if ctx.quick else (PHANTOMS, BUDGET)
     _progress(start, f"visible_korean phantoms {spec.size[0]}x{spec.size[1]}, {spec.cases} slices")
@@ -167,50 +168,5 @@ def run(ctx: Context) -> list[dict]:
                        notes=f"{width}; one value per held-out phantom slice; training took {r['train_s']:.0f} s "
                        "wall (monai.bundle run, incl. start-up); synthetic phantoms, not real data")
             )  # fmt: skip
-    figures += step_figures(ctx, start)
     _progress(start, "done")
-    return figures
-
-
-STEP_QUICK = {
-    "FCT": {"image_size": 64, **FCT_SMALL},
-    "MONAI BasicUNet 2D": {"image_size": 64, "network_def#features": [8, 8, 16, 32, 64, 8]},
-}
-
-
-def step_figures(ctx: Context, start: float) -> list[dict]:
-    """Training step time and peak RSS of the paper FCT and BasicUNet at the training input (256^2, batch 2)."""
-    from bench.harness import peak_rss_mib
-    from bench.training import step_times
-
-    results = {}
-    for name, (extra, _, _) in NETWORKS.items():
-        _progress(start, f"{name}: training step at the bundle's input size")
-        kwargs = dict(
-            bundle="fct_visible_korean",
-            configs=["train.json", *extra],
-            overrides=STEP_QUICK[name] if ctx.quick else {},
-            batch_kind="vk",
-            repeats=1 if ctx.quick else min(ctx.repeats, 2),
-            warmup=0 if ctx.quick else 1,
-        )
-        if ctx.quick:  # in this process: a fresh interpreter per figure would cost more than the smoke test itself
-            results[name] = {**step_times(**kwargs), "peak_rss_mib": peak_rss_mib()}
-        else:
-            results[name] = run_isolated("bench.training:step_times", threads=ctx.threads, **kwargs)
-    figures = []
-    ref = "MONAI BasicUNet 2D"
-    size = f"input {'x'.join(map(str, results[ref]['shapes']['image']))}"
-    for name, r in results.items():
-        label = "paper preset" if name == "FCT" else "basicunet.json"
-        notes = f"{label}, {r['params'] / 1e6:.2f} M parameters; {r['cpu_s']:.1f} CPU s per step"
-        figures.append(
-            figure("fct_comparison", "fct_visible_korean", f"{name}: training step, {size}", "s", r["times"],
-                   reference=None if name == ref else f"{ref}: training step, {size}", command=COMMAND, notes=notes)
-        )  # fmt: skip
-        figures.append(
-            figure("fct_comparison", "fct_visible_korean", f"{name}: training peak RSS, {size}", "MiB",
-                   [r["peak_rss_mib"]], reference=None if name == ref else f"{ref}: training peak RSS, {size}",
-                   command=COMMAND)
-        )  # fmt: skip
     return figures

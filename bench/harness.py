@@ -44,12 +44,14 @@ THREADS_ENV = "BENCH_THREADS"
 class Context:
     """What a benchmark module gets: how often to repeat, smoke mode, thread count, and a folder for caches.
 
-    ``quick`` is the smoke mode used by the tests: tiny shapes, one repeat, seconds per module. ``work_dir``
-    lives under the output folder and survives between runs, so phantoms and briefly-trained weights are reused.
+    ``quick`` is the smoke mode used by the tests: tiny shapes, one repeat, seconds per module. ``full`` also
+    measures what the 20-minute budget of ``make bench`` leaves out (``make bench-full``). ``work_dir`` lives under
+    the output folder and survives between runs, so phantoms and briefly-trained weights are reused.
     """
 
     repeats: int = 3
     quick: bool = False
+    full: bool = False
     threads: int = 2
     work_dir: Path = field(default_factory=lambda: REPO_ROOT / "bench" / "results" / "work")
 
@@ -62,7 +64,13 @@ class Context:
 
     def to_kwargs(self) -> dict:
         """The JSON-able form passed to :func:`run_isolated` workers."""
-        return {"repeats": self.repeats, "quick": self.quick, "threads": self.threads, "work_dir": str(self.work_dir)}
+        return {
+            "repeats": self.repeats,
+            "quick": self.quick,
+            "full": self.full,
+            "threads": self.threads,
+            "work_dir": str(self.work_dir),
+        }
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> Context:

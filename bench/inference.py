@@ -58,7 +58,49 @@ class Case:
     data: str  # "brats4", "brats1", "vk", "btcv"
     label: str  # "regions" (sigmoid > 0.5 per channel) or "argmax"
     config: str | None  # bundle folder whose inference.json builds network and inferer, or None for a reference
-    heavy: bool = False  # one repeat per path in full mode (the budget; said in the figure notes)
+    heavy: bool = False  # minutes per fp32 pass over the full case: see :data:`BUDGET`
+    train_steps: int | None = None  # steps of the brief phantom training (None: TRAIN_STEPS by dimension)
+
+    def plan(self, ctx: Context) -> list[tuple[str, bool]]:
+        """The ``(region, fast)`` measurements of this case: both paths over the full case, except that a heavy
+        case's fp32 eager path runs on one window (both paths there, for the ratio) unless ``ctx.full``."""
+        if self.heavy and not ctx.full:
+            return [(WINDOW, False), (WINDOW, True), (FULL, True)]
+        return [(FULL, False), (FULL, True)]
+
+    def repeats(self, ctx: Context, region: str, fast: bool) -> int:
+        """Timed runs of one measurement: the 20-minute budget of ``make bench`` decides (see :data:`BUDGET`)."""
+        if ctx.quick:
+            return ctx.repeats
+        if self.heavy and region == FULL:
+            return 1
+        if self.data != "vk" and not fast:  # fp32 sliding windows: ~40 s for a full case even for SegResNet
+            return min(ctx.repeats, 2)
+        return ctx.repeats
+
+    def warmup(self, quick: bool) -> int:
+        """Untimed first calls: only for the 2D batch, where oneDNN's first-call set-up is a visible share; a 3D
+        case's 18-32 windows amortise it."""
+        return 1 if self.data == "vk" and not quick else 0
+
+
+FULL, WINDOW = "full", "window"
+
+#: The case whose fp32 eager path is measured once more with the allocator ablation (see ``_allocator_ablation``).
+ALLOCATOR_ABLATION = "segresnet"
+
+#: Why the measurements are what they are. ``make bench`` must finish in 20 minutes on 2 cores, and one fp32 eager
+#: pass over the full case takes about 4 min for COHRA-UNet, the student (1.8 TFLOP per 128^3 window x 18 windows)
+#: and the Swin UNETR cascade (32 windows of 96^3): 12 of the 20 minutes before anything else. For these three the
+#: default run times both paths on one sliding window of the case, centred on the foreground (same network, same
+#: inferer, one window), which gives the speed-up and the agreement, and the fast path over the full case, which
+#: gives the time a user waits; ``--full`` (make bench-full) adds the fp32 eager pass over the full case.
+BUDGET = (
+    "the 20-minute budget of make bench: the fp32 eager full case of COHRA-UNet, the student and the Swin UNETR "
+    "cascade (about 4 min each) only with --full (make bench-full); without it both paths are compared on one "
+    "window of the case. Repeats: one per full-case pass of those three, two per fp32 sliding-window pass "
+    "otherwise, three for the rest"
+)
 
 
 CASES: dict[str, Case] = {
@@ -84,8 +126,23 @@ CASES: dict[str, Case] = {
         ),
         Case("basicunet", "reference: MONAI BasicUNet 2D", "MONAI BasicUNet 2D", "vk", "argmax", None),
         Case("fct", "fct_visible_korean", "FCT", "vk", "argmax", "fct_visible_korean"),
-        Case("refnet", "refnet_synapse", "Swin UNETR base + RefNet", "btcv", "argmax", "refnet_synapse", heavy=True),
+        Case(
+            "refnet",
+            "refnet_synapse",
+            "Swin UNETR base + RefNet",
+            "btcv",
+            "argmax",
+            "refnet_synapse",
+            heavy=True,
+            train_steps=20,  # Swin UNETR: 62 M parameters, ~2 s a step
+        ),
     )
+}
+
+WINDOW_DESC = {
+    "brats4": "one 128^3 sliding window of the full BraTS case, centred on the tumour",
+    "brats1": "one 128^3 sliding window of the full BraTS case (T1ce), centred on the tumour",
+    "btcv": "one 96^3 Swin UNETR window of the BTCV CT, centred on the organs, then RefNet per slice",
 }
 
 INPUT_DESC = {
@@ -115,14 +172,17 @@ def make_data(data: str, split: str, quick: bool, work_dir: str) -> dict:
         return {"path": str(path)}
     path.parent.mkdir(parents=True, exist_ok=True)
     seed = 7 if split == "test" else 0
-    if data in ("brats4", "brats1"):
+    if data == "brats1":  # the student's input: the T1ce channel of the same case
+        brats4 = np.load(make_data("brats4", split, quick, work_dir)["path"])
+        np.savez(path, image=brats4["image"][1:2], label=brats4["label"])
+        return {"path": str(path)}
+    if data == "brats4":
         from common.synthetic._fields import case_rng
         from common.synthetic.brats import make_brats_case
 
         size = (40, 40, 32) if quick else (240, 240, 155)
         case = make_brats_case(size, case_rng(seed, 0))
-        mods = ["t1", "t1ce", "t2", "flair"] if data == "brats4" else ["t1ce"]
-        image = np.stack([case.images[m].astype(np.float32) for m in mods])
+        image = np.stack([case.images[m].astype(np.float32) for m in ("t1", "t1ce", "t2", "flair")])
         image = np.asarray(NormalizeIntensity(nonzero=True, channel_wise=True)(image), dtype=np.float32)
         label = case.regions.astype(np.int64)  # 0 background, 1 NCR, 2 ED, 3 ET
     elif data == "vk":
@@ -280,7 +340,7 @@ def train_weights(case: str, quick: bool, work_dir: str) -> dict:
     torch.manual_seed(0)
     nets, _ = build(spec, quick, fast=False)
     data = dict(np.load(make_data(spec.data, "train", quick, work_dir)["path"]))
-    steps = QUICK_TRAIN_STEPS if quick else TRAIN_STEPS["2d" if spec.data == "vk" else "3d"]
+    steps = QUICK_TRAIN_STEPS if quick else spec.train_steps or TRAIN_STEPS["2d" if spec.data == "vk" else "3d"]
     t0 = time.perf_counter()
     if case == "refnet":
         _train_one(spec, nets["base"], data, steps, quick, which="base")
@@ -339,18 +399,56 @@ def label_map(case: Case, logits) -> np.ndarray:
     return logits.float().argmax(1).to("cpu").numpy().astype(np.uint8)
 
 
-def measure(case: str, fast: bool, repeats: int, quick: bool, work_dir: str) -> dict:
-    """Time one path of ``case`` on its test phantom; saves the label map for the agreement check."""
+def _window_size(spec: Case, inferer) -> tuple[int, ...]:
+    """The sliding window of a heavy case's (base) inferer, as its config sets it."""
+    sliding = inferer.base_inferer if spec.key == "refnet" else inferer
+    return tuple(int(r) for r in sliding.inferer.roi_size)  # FastInferer -> SlidingWindowInferer
+
+
+def _window_crop(image: np.ndarray, label: np.ndarray, size: tuple[int, ...]) -> tuple[slice, ...]:
+    """Spatial slices of one ``size`` window centred on the foreground's centroid, inside the volume."""
+    spatial = image.shape[-len(size) :]
+    fg = np.argwhere(label > 0)
+    centre = fg.mean(0).round().astype(int) if len(fg) else np.array(spatial) // 2
+    start = [int(np.clip(c - s // 2, 0, max(d - s, 0))) for c, s, d in zip(centre, size, spatial, strict=True)]
+    return tuple(slice(b, b + s) for b, s in zip(start, size, strict=True))
+
+
+def measure(
+    case: str,
+    fast: bool,
+    repeats: int,
+    quick: bool,
+    work_dir: str,
+    retain_memory: bool = False,
+    region: str = FULL,
+) -> dict:
+    """Time one path of ``case`` on its test phantom; saves the label map for the agreement check.
+
+    ``region`` is ``"full"`` (the whole case) or ``"window"`` (one sliding window of it, centred on the
+    foreground). ``retain_memory`` applies :func:`common.allocator.retain_freed_memory` to the fp32 eager path too
+    (the allocator ablation; the fast path always applies it).
+    """
     import torch
     from monai.data import MetaTensor
 
+    from common.allocator import retain_freed_memory
+    from common.fast_inference import bf16_supported
+
+    if retain_memory:
+        retain_freed_memory()
     spec = CASES[case]
     nets, inferer = build(spec, quick, fast)
     state = torch.load(_weights_path(Path(work_dir), spec, quick), map_location="cpu")
     for name, net in nets.items():
         net.load_state_dict(state[name])
-    data = np.load(make_data(spec.data, "test", quick, work_dir)["path"])
-    x = torch.from_numpy(data["image"])
+    data = dict(np.load(make_data(spec.data, "test", quick, work_dir)["path"]))
+    if region == WINDOW:
+        crop = _window_crop(data["image"], data["label"], _window_size(spec, inferer))
+        data["image"], data["label"] = data["image"][(slice(None), *crop)], data["label"][crop]
+    elif region != FULL:
+        raise ValueError(f"measure: region must be {FULL!r} or {WINDOW!r}, got {region!r}.")
+    x = torch.from_numpy(np.ascontiguousarray(data["image"]))
     if spec.data != "vk":
         x = x[None]
     if spec.data == "btcv":
@@ -368,16 +466,20 @@ def measure(case: str, fast: bool, repeats: int, quick: bool, work_dir: str) -> 
         with torch.no_grad():  # as SupervisedEvaluator runs its inferer
             out["logits"] = inferer(x, counted["net"])
 
-    warmup = 0 if (spec.heavy or quick) else 1
+    warmup = spec.warmup(quick)
     times = time_call(once, repeats=repeats, warmup=warmup)
     calls = repeats + warmup
     flops = {n: c.items / calls * _flops(c.network, c.item_shape) for n, c in counted.items()}
     labels = label_map(spec, out["logits"])
-    label_path = Path(work_dir) / "labels" / f"{case}_{'fast' if fast else 'eager'}{'_quick' if quick else ''}.npy"
+    path = "fast" if fast else "eager_retain" if retain_memory else "eager"
+    label_path = Path(work_dir) / "labels" / f"{case}_{region}_{path}{'_quick' if quick else ''}.npy"
     label_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(label_path, labels)
+    fast_inferer = inferer.base_inferer.inferer if spec.key == "refnet" else inferer  # base: see _Timed above
+    uses_bf16 = fast and getattr(fast_inferer, "bf16", False) and bf16_supported("cpu")
     result = {
         "times": times,
+        "dtype": "bfloat16" if uses_bf16 else "float32",
         "flops": sum(flops.values()),
         "flops_by_net": flops,
         "windows": {n: c.items / calls for n, c in counted.items()},
@@ -441,23 +543,26 @@ def run(ctx: Context) -> list[dict]:
     for key, case in CASES.items():
         trained = _call(ctx, "bench.inference:train_weights", case=key, quick=ctx.quick, work_dir=work_dir)
         log(f"{key}: weights " + (f"trained in {trained['train_s']:.0f} s" if trained["trained"] else "cached"))
-        res = {}
-        for fast in (False, True):
-            repeats = 1 if (case.heavy and not ctx.quick) else ctx.repeats
-            res[fast] = _call(
-                ctx, "bench.inference:measure", case=key, fast=fast, repeats=repeats, quick=ctx.quick, work_dir=work_dir
-            )
-            log(f"{key} {'fast' if fast else 'eager'}: median {np.median(res[fast]['times']):.1f} s")
-        figs += _case_figures(case, res, peak_median, ctx)
-        medians[key] = {fast: float(np.median(r["times"])) for fast, r in res.items()}
+        res: dict[str, dict[bool, dict]] = {}
+        for region, fast in case.plan(ctx):
+            res.setdefault(region, {})[fast] = r = _call(
+                ctx, "bench.inference:measure", case=key, fast=fast, repeats=case.repeats(ctx, region, fast),
+                quick=ctx.quick, work_dir=work_dir, region=region,
+            )  # fmt: skip
+            log(f"{key} {region} {'fast' if fast else 'eager'}: median {np.median(r['times']):.1f} s")
+        for region, paths in res.items():
+            figs += _case_figures(case, region, paths, peak_median, ctx)
+        medians[key] = {fast: float(np.median(r["times"])) for fast, r in res[FULL].items()}
+        if key == ALLOCATOR_ABLATION:
+            figs.append(_allocator_ablation(case, ctx, log))
     for key, ref in (("cohra", "segresnet"), ("fct", "basicunet")):
-        for fast in (False, True):
+        for fast in sorted(set(medians[key]) & set(medians[ref])):  # the paths both measured over the full case
             path = "fast_cpu path" if fast else "fp32 eager"
             figs.append(
                 figure(
                     "inference",
                     CASES[key].bundle,
-                    f"{CASES[key].title} / {CASES[ref].title} wall time, both {path}, same input",
+                    f"{CASES[key].title} / {CASES[ref].title} wall time, both {path}, same full input",
                     "ratio",
                     [medians[key][fast] / medians[ref][fast]],
                     command=COMMAND,
@@ -467,18 +572,47 @@ def run(ctx: Context) -> list[dict]:
     return figs
 
 
-def _case_figures(case: Case, res: dict, peak: dict, ctx: Context) -> list[dict]:
-    eager_path = "fp32 eager " + ("SimpleInferer" if case.data == "vk" else "SlidingWindowInferer")
-    inp = INPUT_DESC[case.data] + (" (quick: tiny)" if ctx.quick else "")
-    names = {fast: f"{case.title}: {'fast_cpu path' if fast else eager_path}, {inp}" for fast in (False, True)}
-    heavy_note = (
-        "one repeat per path (the slowest figures; three would exceed the budget of make bench)"
-        if case.heavy and not ctx.quick
-        else None
+def _allocator_ablation(case: Case, ctx: Context, log: Callable[[str], None]) -> dict:
+    """The fp32 eager path once more with the allocator keeping freed memory: how much of the fast path's gain is
+    the allocator alone (SegResNet only: the same ablation on COHRA-UNet would cost another ~2 min)."""
+    r = _call(
+        ctx, "bench.inference:measure", case=case.key, fast=False, repeats=1 if not ctx.quick else ctx.repeats,
+        quick=ctx.quick, work_dir=str(ctx.work_dir), retain_memory=True,
+    )  # fmt: skip
+    log(f"{case.key} eager + retain_freed_memory: median {np.median(r['times']):.1f} s")
+    eager_name = _path_names(case, FULL, ctx)[False]
+    return figure(
+        "inference",
+        case.bundle,
+        eager_name.replace("Inferer", "Inferer + retain_freed_memory (allocator ablation)", 1),
+        "s",
+        r["times"],
+        reference=eager_name,
+        command=COMMAND,
+        notes="common.allocator.retain_freed_memory on the fp32 eager path alone; the fast_cpu path applies it too",
     )
+
+
+def _input(case: Case, region: str, ctx: Context) -> str:
+    inp = INPUT_DESC[case.data] if region == FULL else WINDOW_DESC[case.data]
+    return inp + (" (quick: tiny)" if ctx.quick else "")
+
+
+def _path_names(case: Case, region: str, ctx: Context) -> dict[bool, str]:
+    eager_path = "fp32 eager " + ("SimpleInferer" if case.data == "vk" else "SlidingWindowInferer")
+    inp = _input(case, region, ctx)
+    return {fast: f"{case.title}: {'fast_cpu path' if fast else eager_path}, {inp}" for fast in (False, True)}
+
+
+def _case_figures(case: Case, region: str, res: dict[bool, dict], peak: dict, ctx: Context) -> list[dict]:
+    """Time, GFLOP/s, share of the matmul peak and peak RSS of each measured path over ``region``; where both
+    paths ran, the speed-up (as the fast figure's ratio to the eager one) and the label-map agreement."""
+    inp = _input(case, region, ctx)
+    names = _path_names(case, region, ctx)
+    budget_note = None if ctx.quick else BUDGET
+    both = len(res) == 2
     figs = []
-    for fast in (False, True):
-        r = res[fast]
+    for fast, r in sorted(res.items()):
         figs.append(
             figure(
                 "inference",
@@ -486,13 +620,12 @@ def _case_figures(case: Case, res: dict, peak: dict, ctx: Context) -> list[dict]
                 names[fast],
                 "s",
                 r["times"],
-                reference=names[False] if fast else None,
+                reference=names[False] if fast and both else None,
                 command=COMMAND,
-                notes=heavy_note,
+                notes=budget_note if case.heavy else None,
             )
         )
         gflops = [r["flops"] / t / 1e9 for t in r["times"]]
-        dtype = "bfloat16" if fast else "float32"
         windows = ", ".join(
             f"{n}: {w:.0f} items of {r['flops_by_net'][n] / max(w, 1) / 1e9:.1f} GFLOP" for n, w in r["windows"].items()
         )
@@ -501,38 +634,37 @@ def _case_figures(case: Case, res: dict, peak: dict, ctx: Context) -> list[dict]
             figure(
                 "inference",
                 case.bundle,
-                names[fast] + f" [fraction of {dtype} matmul peak]",
+                names[fast] + f" [fraction of {r['dtype']} matmul peak]",
                 "fraction",
-                [g / peak[dtype] for g in gflops],
+                [g / peak[r["dtype"]] for g in gflops],
             )
         )
         figs.append(figure("inference", case.bundle, names[fast] + " [peak RSS]", "MiB", [r["peak_rss_mib"]]))
         if "base_times" in r:
-            base_name = (
-                f"Swin UNETR base stage: {'fast_cpu path' if fast else 'fp32 eager SlidingWindowInferer'}, {inp}"
-            )
+            base = "Swin UNETR base stage: {path}, " + inp
             figs.append(
                 figure(
                     "inference",
                     "reference: Swin UNETR base",
-                    base_name,
+                    base.format(path="fast_cpu path" if fast else "fp32 eager SlidingWindowInferer"),
                     "s",
                     r["base_times"],
-                    reference=None if not fast else f"Swin UNETR base stage: fp32 eager SlidingWindowInferer, {inp}",
+                    reference=base.format(path="fp32 eager SlidingWindowInferer") if fast and both else None,
                     notes="timed inside the cascade runs above",
                 )
             )
-    a, b = (np.load(res[f]["label_path"]) for f in (False, True))
-    dice = dice_agreement(a, b, regions=case.label == "regions")
-    figs.append(
-        figure(
-            "inference",
-            case.bundle,
-            f"{case.title}: label-map agreement fast_cpu vs fp32 eager (Dice)",
-            "Dice",
-            [dice],
-            notes=f"phantom-trained weights; foreground fraction {res[False]['foreground_fraction']:.4f} (eager), "
-            f"{res[True]['foreground_fraction']:.4f} (fast)",
+    if both:
+        a, b = (np.load(res[f]["label_path"]) for f in (False, True))
+        dice = dice_agreement(a, b, regions=case.label == "regions")
+        figs.append(
+            figure(
+                "inference",
+                case.bundle,
+                f"{case.title}: label-map agreement fast_cpu vs fp32 eager (Dice), {inp}",
+                "Dice",
+                [dice],
+                notes=f"phantom-trained weights; foreground fraction {res[False]['foreground_fraction']:.4f} (eager), "
+                f"{res[True]['foreground_fraction']:.4f} (fast)",
+            )
         )
-    )
     return figs

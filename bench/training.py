@@ -18,7 +18,6 @@ report the time spent in ``next(loader)`` over the total.
 from __future__ import annotations
 
 import hashlib
-import statistics
 import subprocess
 import sys
 import time
@@ -137,45 +136,49 @@ def step_times(
 # ---- MTCM-KD engine overhead ------------------------------------------------------------------------------------
 
 
-def mtcm_times(overrides: dict, mode: str, repeats: int, warmup: int = 1) -> dict:
-    """Worker: one MTCM-KD iteration (``mode="engine"``) or the same four networks trained independently.
+def mtcm_times(overrides: dict, repeats: int, warmup: int = 1) -> dict:
+    """Worker: one MTCM-KD iteration and the same four networks trained independently, timed alternately.
 
     ``engine`` is the bundle's :class:`~common.engines.mtcm_kd.MTCMKDTrainer` iteration in a KD epoch (3 teachers and
     the CDSFL fusion step, then the student with KD and deep supervision). ``independent`` is what four separate
     trainings would do on the same batch: per network its own channel, forward, the bundle's segmentation loss,
-    backward and an Adam step with its own optimizer; no KD, no fusion, no teacher scoring.
+    backward and an Adam step with its own optimizer; no KD, no fusion, no teacher scoring. The two alternate in
+    one process (engine, independent, engine, ...), so a change of load on the machine falls on both alike instead
+    of deciding their ratio.
     """
     import torch
-
-    from bench.harness import time_call
 
     parser, trainer = build_trainer("mtcm_kd_t1ce_student", ["train.json"], overrides)
     trainer.state.epoch = 2  # the authors' epoch 1: KD and deep supervision are on from here
     batch = synthetic_batch("brats_index", parser)
-    if mode == "engine":
-        step = lambda: trainer._iteration(trainer, batch)  # noqa: E731
-    elif mode == "independent":
-        lr = float(parser.get_parsed_content("learning_rate"))
-        nets = [(trainer.network, trainer.student_channel, trainer.optimizer)] + [
-            (t, c, torch.optim.Adam(t.parameters(), lr=lr))
-            for t, c in zip(trainer.teachers, trainer.teacher_channels, strict=True)
-        ]
-        image, label = batch["image"], batch["label"]
+    lr = float(parser.get_parsed_content("learning_rate"))
+    nets = [(trainer.network, trainer.student_channel, trainer.optimizer)] + [
+        (t, c, torch.optim.Adam(t.parameters(), lr=lr))
+        for t, c in zip(trainer.teachers, trainer.teacher_channels, strict=True)
+    ]
+    image, label = batch["image"], batch["label"]
 
-        def step() -> None:
-            for net, channel, optimizer in nets:
-                net.train()
-                optimizer.zero_grad(set_to_none=trainer.optim_set_to_none)
-                out = net(image[:, channel : channel + 1])
-                out = out[0] if isinstance(out, (list, tuple)) else out  # the student's deep-supervision list
-                trainer.loss_function(out, label).mean().backward()
-                optimizer.step()
+    def independent() -> None:
+        for net, channel, optimizer in nets:
+            net.train()
+            optimizer.zero_grad(set_to_none=trainer.optim_set_to_none)
+            out = net(image[:, channel : channel + 1])
+            out = out[0] if isinstance(out, (list, tuple)) else out  # the student's deep-supervision list
+            trainer.loss_function(out, label).mean().backward()
+            optimizer.step()
 
-    else:
-        raise ValueError(f"mtcm_times: mode must be 'engine' or 'independent', got {mode!r}.")
+    steps = {"engine": lambda: trainer._iteration(trainer, batch), "independent": independent}
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {mode: [] for mode in steps}
     cpu_start = _cpu_seconds()
-    times = time_call(step, repeats=repeats, warmup=warmup)
-    cpu = (_cpu_seconds() - cpu_start) / (repeats + warmup)
+    for _ in range(repeats):
+        for mode, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[mode].append(time.perf_counter() - start)
+    cpu = (_cpu_seconds() - cpu_start) / repeats
     return {"times": times, "shapes": {k: list(v.shape) for k, v in batch.items()}, "cpu_s": cpu}
 
 
@@ -237,23 +240,44 @@ class StepCase:
 # with the voxels), more than the benchmark machine's memory; both networks are measured at the same 64^3 x 2.
 _COHRA_FULL = {"roi_size": [64, 64, 64]}
 _COHRA_REDUCED = "REDUCED patch 64^3 (default 128^3 x batch 2 needs about 25 GiB on CPU, 8x the voxels)"
+_QUICK_COHRA = {"roi_size": [16, 16, 16], "network_def#channels": [4, 8, 16, 32]}
+_QUICK_REFNET = {"network_def#features": [4, 4, 8, 16, 32, 4], "slices_per_volume": 2, "bench_slice_size": 32}
 
 STEP_CASES = (
     StepCase(
         "cohra_unet_brats", "COHRA-UNet", ("train.json",), "brats_regions", full=_COHRA_FULL,
-        quick={"roi_size": [16, 16, 16], "network_def#channels": [4, 8, 16, 32]},
-        reference="MONAI SegResNet", repeats=1, notes=_COHRA_REDUCED,
+        quick=_QUICK_COHRA, reference="MONAI SegResNet", repeats=2, notes=_COHRA_REDUCED,
     ),
     StepCase(
         "cohra_unet_brats", "MONAI SegResNet", ("train.json", "segresnet.json"), "brats_regions", full=_COHRA_FULL,
         quick={"roi_size": [16, 16, 16], "network_def#init_filters": 8},
-        repeats=1,
+        repeats=2,
         notes="configs/segresnet.json: init_filters 16, blocks_down [1, 2, 2, 4], blocks_up [1, 1, 1], COHRA's loss "
         "(DeepSupervisionLoss over DiceFocal) and AdamW; " + _COHRA_REDUCED,
     ),
     StepCase(
+        "cohra_unet_brats", "COHRA-UNet, retain_freed_memory false", ("train.json",), "brats_regions",
+        full={**_COHRA_FULL, "retain_freed_memory": False},
+        quick={**_QUICK_COHRA, "retain_freed_memory": False},
+        reference="COHRA-UNet", repeats=1,
+        notes="the allocator ablation: glibc's defaults instead of common.allocator.retain_freed_memory (every "
+        "bundle's train.json sets it); " + _COHRA_REDUCED,
+    ),
+    StepCase(
+        "fct_visible_korean", "FCT (paper preset)", ("train.json",), "vk",
+        quick={"image_size": 64, "network_def#filters": [8, 16, 32, 64, 128, 64, 32, 16, 8],
+               "network_def#heads": [1] * 9},
+        reference="MONAI BasicUNet 2D", repeats=2, notes="the bundle's default input: 256 x 256, batch 2",
+    ),
+    StepCase(
+        "fct_visible_korean", "MONAI BasicUNet 2D", ("train.json", "basicunet.json"), "vk",
+        quick={"image_size": 64, "network_def#features": [8, 8, 16, 32, 64, 8]},
+        repeats=2,
+        notes="configs/basicunet.json: MONAI BasicUNet 2D with its default features, FCT's loss and optimizer",
+    ),
+    StepCase(
         "refnet_synapse", "RefNet (stage 2)", ("train.json",), "refnet", full={"slices_per_volume": 4},
-        quick={"network_def#features": [4, 4, 8, 16, 32, 4], "slices_per_volume": 2, "bench_slice_size": 32},
+        quick=_QUICK_REFNET,
         reference="MONAI SwinUNETR base (stage 1)",
         notes="whole 512 x 512 axial slices, 13-class one-hot input; REDUCED to 4 slices per batch from the default "
         "slices_per_volume 16 (16 slices need about 13 GiB on CPU, 4 measured 3.4 GiB)",
@@ -273,6 +297,7 @@ STEP_CASES = (
 # MTCM-KD engine overhead: the default 128^3 x 2 iteration trains four 9.5 M-parameter networks, minutes per
 # iteration on two cores; the ratio is measured at 32^3 x 2. The KD terms scale with the voxels like the networks,
 # while Python and launch overheads weigh more at small patches, so the ratio is if anything an overestimate.
+_MTCM_REDUCED = "REDUCED patch 32^3 x 2 (default 128^3 x 2: minutes per iteration on 2 cores)"
 MTCM_FULL = {"roi_size": [32, 32, 32]}
 MTCM_QUICK = {"roi_size": [16, 16, 16], "channels": [4, 8, 16, 32]}
 
@@ -293,7 +318,7 @@ class Phantoms:
 PHANTOMS_FULL = {
     "brats": Phantoms("brats", 8, (240, 240, 155), ("common.data.brats", "make-split", "--dataset-dir", "{dataset_dir}",
                       "--out", "{out}/datalist.json", "--folds", "4")),
-    "btcv": Phantoms("btcv", 6, (512, 512, 100), ("common.refinement_data", "corrupt-gt", "--dataset-dir",
+    "btcv": Phantoms("btcv", 4, (512, 512, 100), ("common.refinement_data", "corrupt-gt", "--dataset-dir",
                      "{dataset_dir}", "--out", "{out}", "--copies", "2", "--partial-split")),
     "visible_korean": Phantoms("visible_korean", 8, (1216, 2048), ("common.data.visible_korean", "prepare",
                                "--dataset-dir", "{dataset_dir}", "--out", "{out}", "--quality-check", "0",
@@ -332,7 +357,7 @@ _BRATS_DATA = {
     "train#dataset#data": f"$@fold_items[0] * {DATA_REPEAT}",
 }
 DATA_CASES = (
-    DataCase("cohra_unet_brats", "brats", _BRATS_DATA, full={"roi_size": [32, 32, 32]}, quick=STEP_CASES[0].quick,
+    DataCase("cohra_unet_brats", "brats", _BRATS_DATA, full={"roi_size": [32, 32, 32]}, quick=_QUICK_COHRA,
              notes=_SMALL_STEP),
     DataCase("mtcm_kd_t1ce_student", "brats", _BRATS_DATA, full={"roi_size": [32, 32, 32]}, quick=MTCM_QUICK,
              epoch=2, notes=_SMALL_STEP),
@@ -349,7 +374,7 @@ DATA_CASES = (
         "refnet_synapse", "btcv",
         {"dataset_dir": "{dataset_dir}", "datalist_file": "{prepared}/datalist.json", "num_validation_cases": 1,
          "train#dataset#data": f"$@refinement_split[0] * {DATA_REPEAT}"},
-        full={"slices_per_volume": 4}, quick=STEP_CASES[2].quick,
+        full={"slices_per_volume": 4}, quick=_QUICK_REFNET,
         notes="4 slices per volume instead of 16 (memory): less loading per batch and a 4x shorter step",
     ),
 )  # fmt: skip
@@ -445,34 +470,26 @@ def step_figures(ctx: Context, progress: _Progress) -> list[dict]:
 
 def mtcm_figures(ctx: Context, progress: _Progress) -> list[dict]:
     overrides = MTCM_QUICK if ctx.quick else MTCM_FULL
-    repeats = 1 if ctx.quick else min(ctx.repeats, 2)
-    results = {}
-    for mode in ("engine", "independent"):
-        progress(f"mtcm_kd_t1ce_student: {mode}")
-        results[mode] = _call(
-            ctx, "bench.training:mtcm_times", overrides=overrides, mode=mode, repeats=repeats,
-            warmup=0 if ctx.quick else 1,
-        )  # fmt: skip
-    size = f"input {_shape(results['engine']['shapes']['image'])}"
+    progress("mtcm_kd_t1ce_student: MTCM-KD iteration and 4 independent steps, alternating")
+    r = _call(
+        ctx, "bench.training:mtcm_times", overrides=overrides, repeats=ctx.repeats, warmup=0 if ctx.quick else 1,
+    )  # fmt: skip
+    size = f"input {_shape(r['shapes']['image'])}"
     engine = f"mtcm_kd_t1ce_student: one MTCM-KD iteration (3 teachers + CDSFL + student with KD), {size}"
     independent = f"mtcm_kd_t1ce_student: 4 independent forward/backward/Adam steps of the same networks, {size}"
     bundle = "mtcm_kd_t1ce_student"
-    figures = []
-    for mode, name in (("engine", engine), ("independent", independent)):
-        r = results[mode]
-        figures.append(
-            figure("training", bundle, name, "s", r["times"], reference=independent if mode == "engine" else None,
-                   command=COMMAND, notes=f"{r['cpu_s']:.1f} CPU s per iteration")
-        )  # fmt: skip
-        figures.append(
-            figure("training", bundle, name.replace(": ", ": peak RSS of ", 1), "MiB", [r["peak_rss_mib"]],
-                   reference=independent.replace(": ", ": peak RSS of ", 1) if mode == "engine" else None,
-                   command=COMMAND)
-        )  # fmt: skip
-    ratio = [statistics.median(results["engine"]["times"]) / statistics.median(results["independent"]["times"])]
+    notes = f"timed alternately in one process; {r['cpu_s']:.1f} CPU s per pair; {_MTCM_REDUCED}"
+    figures = [
+        figure("training", bundle, engine, "s", r["times"]["engine"], reference=independent, command=COMMAND,
+               notes=notes),
+        figure("training", bundle, independent, "s", r["times"]["independent"], command=COMMAND),
+        figure("training", bundle, f"mtcm_kd_t1ce_student: peak RSS of the process running both, {size}", "MiB",
+               [r["peak_rss_mib"]], command=COMMAND),
+    ]  # fmt: skip
+    pairs = zip(r["times"]["engine"], r["times"]["independent"], strict=True)
     figures.append(
-        figure("training", bundle, "mtcm_kd_t1ce_student: MTCM-KD iteration / 4 independent steps", "ratio", ratio,
-               command=COMMAND,
+        figure("training", bundle, "mtcm_kd_t1ce_student: MTCM-KD iteration / 4 independent steps (per pair)",
+               "ratio", [e / i for e, i in pairs], command=COMMAND,
                notes="engine overhead = ratio - 1: KD losses, the CDSFL fusion module and its loss, label "
                "downsampling, teacher whole-tumour Dice")
     )  # fmt: skip

@@ -147,8 +147,13 @@ class CBAMChannelGate(nn.Module):
         self.spatial_dims = spatial_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(2)
-        scores = self.mlp(flat.mean(dim=2)) + self.mlp(flat.amax(dim=2))
+        # Reduce over the spatial dims in place rather than through ``x.flatten(2)`` (a full copy for a
+        # channels-last input), and average as sum / count: ``mean`` of a bf16 tensor on CPU first copies
+        # the whole input to float32, while ``sum`` accumulates in float32 without the copy (issue 8's
+        # profile: these two reductions were a third of a bf16 128^3 COHRA-UNet window).
+        spatial = list(range(2, x.dim()))
+        count = x[0, 0].numel()
+        scores = self.mlp(x.sum(dim=spatial) / count) + self.mlp(x.amax(dim=spatial))
         # A list-built shape rather than *unpacking, which TorchScript cannot compile.
         shape = [x.shape[0], x.shape[1]] + [1] * self.spatial_dims
         return x * torch.sigmoid(scores).reshape(shape)
@@ -176,7 +181,8 @@ class CBAMSpatialGate(nn.Module):
         self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        # sum / C rather than mean: see CBAMChannelGate.forward.
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.sum(dim=1, keepdim=True) / x.shape[1]], dim=1)
         return x * torch.sigmoid(self.act(self.norm(self.conv(pooled))))
 
 
