@@ -74,8 +74,8 @@ class Case:
             return ctx.repeats
         if self.heavy:
             return 1 if region == FULL else min(ctx.repeats, 2)
-        if self.data != "vk" and not fast:  # fp32 sliding windows: ~40 s for a full case even for SegResNet
-            return min(ctx.repeats, 2)
+        if self.data != "vk" and not fast:  # an fp32 sliding window over a full case: ~45 s even for SegResNet
+            return 1
         return ctx.repeats
 
     def warmup(self, quick: bool, region: str) -> int:
@@ -99,8 +99,8 @@ ALLOCATOR_ABLATION = "segresnet"
 BUDGET = (
     "the 20-minute budget of make bench: the fp32 eager full case of COHRA-UNet, the student and the Swin UNETR "
     "cascade (about 4 min each) only with --full (make bench-full); without it both paths are compared on one "
-    "window of the case (after one untimed window). Repeats: one per full-case pass of those three, two per "
-    "window and per fp32 full case, three for the rest"
+    "window of the case (after one untimed window). Repeats: one per full-case pass of those three and per fp32 "
+    "full case, two per window, three for the rest"
 )
 
 
@@ -126,7 +126,7 @@ CASES: dict[str, Case] = {
             heavy=True,
         ),
         Case("basicunet", "reference: MONAI BasicUNet 2D", "MONAI BasicUNet 2D", "vk", "argmax", None),
-        Case("fct", "fct_visible_korean", "FCT", "vk", "argmax", "fct_visible_korean"),
+        Case("fct", "fct_visible_korean", "FCT", "vk", "argmax", "fct_visible_korean", train_steps=15),
         Case(
             "refnet",
             "refnet_synapse",

@@ -316,7 +316,7 @@ class Phantoms:
 
 
 PHANTOMS_FULL = {
-    "brats": Phantoms("brats", 8, (240, 240, 155), ("common.data.brats", "make-split", "--dataset-dir", "{dataset_dir}",
+    "brats": Phantoms("brats", 6, (240, 240, 155), ("common.data.brats", "make-split", "--dataset-dir", "{dataset_dir}",
                       "--out", "{out}/datalist.json", "--folds", "4")),
     "btcv": Phantoms("btcv", 4, (512, 512, 100), ("common.refinement_data", "corrupt-gt", "--dataset-dir",
                      "{dataset_dir}", "--out", "{out}", "--copies", "2", "--partial-split")),

@@ -5,36 +5,32 @@
 overlap and blending, same network and weights):
 
 * **bf16 autocast** (``torch.autocast(device_type=<the input's device>, dtype=torch.bfloat16)``): convolutions and
-  matrix multiplies run in bfloat16 through oneDNN, which on a CPU with AVX-512 BF16 doubles the multiply-add
-  throughput; normalisations and reductions stay in float32 (autocast's own op lists). The largest single gain:
-  on the 2-core AVX-512 BF16 machine of issue 8, MONAI SegResNet over a full BraTS case went from 34.7 s (fp32
-  eager) to 17.4 s; one 128^3 SegResNet window here went from ~12-18 s to ~11-14 s under heavy shared load.
-  Used only where the device supports bf16 (on CUDA: compute capability 8+), otherwise the pass stays in float32.
-* **channels-last memory format** (``torch.channels_last`` / ``torch.channels_last_3d`` for each window): oneDNN's
-  bf16 convolutions are written for channels-last; with contiguous inputs every convolution pays a reorder there
-  and back. On top of bf16 it bought another ~1.4x (17.4 s -> 12.1 s above; ~7-9 s per window here). The window
-  is converted, not the network's parameters: the input's format is what selects oneDNN's channels-last kernels,
-  and leaving the module untouched keeps ``network_def`` exportable (TorchScript, ONNX) and its checkpoints unchanged.
-* **inference mode** (``torch.inference_mode``): no autograd bookkeeping (version counters, views); not measured
-  separately, expected to be small next to 3D convolutions. The result is cloned once on the way out so
-  postprocessing (``Invertd``, in-place transforms) may modify it outside inference mode.
-* **freed memory kept for reuse** (:func:`common.allocator.retain_freed_memory`, CPU only): glibc would otherwise
-  unmap every large activation on free and page-fault it in again for the next window; keeping it roughly halved
-  one bf16 128^3 COHRA-UNet window here (~5.2 s -> ~3.6 s). Process-wide and permanent: the process keeps its peak
-  memory. ``retain_memory=False`` leaves the allocator alone.
-* **float32 outputs**: each window's logits are cast back to float32 before ``SlidingWindowInferer`` blends them,
-  so the Gaussian-weighted sum (up to 8 overlapping windows per voxel at overlap 0.5) and the thresholds/argmax of
-  postprocessing see full precision; only the network's internals are bf16.
+  matrix multiplies run in bfloat16 through oneDNN, which on a CPU with AVX-512 BF16 has about 4.5x the fp32
+  matrix-multiply throughput (829 vs 181 GFLOP/s measured by ``make bench`` on the 2-core benchmark machine).
+  Used only where the device supports bf16 natively (on CUDA: compute capability 8+); ``bf16=False`` keeps the
+  pass in float32 (``refnet_synapse`` does, see its README).
+* **channels-last windows** (``torch.channels_last`` / ``torch.channels_last_3d``): oneDNN's bf16 convolutions are
+  written for channels-last; with contiguous inputs every convolution pays a reorder there and back. The window is
+  converted, not the network: the input's format selects the kernels, and leaving the module untouched keeps
+  ``network_def`` exportable (TorchScript, ONNX) and its checkpoints unchanged. (Converting the weights as well
+  made no measurable difference once freed memory is kept.)
+* **freed memory kept** (:func:`common.allocator.retain_freed_memory`, CPU only): glibc would unmap every large
+  activation on free and page-fault it in again for the next window. This alone halves an fp32 sliding window
+  (``make bench``: MONAI SegResNet over a full BraTS case 44.5 s -> 21.2 s) and it is on in every bundle's
+  training too. Process-wide and permanent: the process keeps its peak memory. ``retain_memory=False`` opts out.
+* **inference mode** (``torch.inference_mode``): no autograd bookkeeping. The result is cloned once on the way out
+  so postprocessing (``Invertd``, in-place transforms) may modify it outside inference mode.
+* **sliding-window batch on CPU** (``cpu_sw_batch_size``, off unless set): 3D windows run fastest one at a time on
+  two cores; ``refnet_synapse`` sets 1 for its Swin UNETR windows (its config keeps 4 for GPUs).
+* **float32 outputs**: each window's logits are cast back to float32 before the sliding window blends them, so the
+  Gaussian-weighted sum and the thresholds/argmax of postprocessing see full precision.
 
-Not used (not yet measured here; candidates for a later ``make bench`` ablation): larger sliding-window batches
-(one 128^3 window is already a large GEMM workload for 2 cores), thread settings beyond torch's default of one
-intra-op thread per core, ``torch.compile`` (needs a C++ toolchain and compiles per input shape, which one CPU
-case may not amortise) and ONNX Runtime (an fp32 path on CPU for 3D convolutions).
-
-Agreement: ``make bench`` compares the label maps of this path and the fp32 eager path on phantom-trained weights
-(Dice per bundle in the benchmark table); ``tests/test_bench.py`` checks each bundle's inference config on a tiny
-input.
+What it buys, with the label maps of both paths compared on phantom-trained weights, is in ``make bench``
+(``bench/inference.py``) and in each bundle README's Performance section. Not used: ``torch.compile`` (needs a
+C++ toolchain and recompiles per input shape) and ONNX Runtime (an fp32 path for 3D convolutions on CPU), and more
+threads than cores. ``tests/test_bench.py`` checks each bundle's inference config on a tiny input.
 """
+
 
 from __future__ import annotations
 
