@@ -6,7 +6,7 @@ overlap and blending, same network and weights):
 
 * **bf16 autocast** (``torch.autocast(device_type=<the input's device>, dtype=torch.bfloat16)``): convolutions and
   matrix multiplies run in bfloat16 through oneDNN, which on a CPU with AVX-512 BF16 has about 4.5x the fp32
-  matrix-multiply throughput (829 vs 181 GFLOP/s measured by ``make bench`` on the 2-core benchmark machine).
+  matrix-multiply throughput (814 vs 183 GFLOP/s measured by ``make bench`` on the 2-core benchmark machine).
   Used only where the device supports bf16 natively (on CUDA: compute capability 8+); ``bf16=False`` keeps the
   pass in float32 (``refnet_synapse`` does, see its README).
 * **channels-last windows** (``torch.channels_last`` / ``torch.channels_last_3d``): oneDNN's bf16 convolutions are
@@ -16,7 +16,7 @@ overlap and blending, same network and weights):
   made no measurable difference once freed memory is kept.)
 * **freed memory kept** (:func:`common.allocator.retain_freed_memory`, CPU only): glibc would unmap every large
   activation on free and page-fault it in again for the next window. This alone halves an fp32 sliding window
-  (``make bench``: MONAI SegResNet over a full BraTS case 44.5 s -> 21.2 s) and it is on in every bundle's
+  (``make bench``: MONAI SegResNet over a full BraTS case 44.4 s -> 21.1 s) and it is on in every bundle's
   training too. Process-wide and permanent: the process keeps its peak memory. ``retain_memory=False`` opts out.
 * **inference mode** (``torch.inference_mode``): no autograd bookkeeping. The result is cloned once on the way out
   so postprocessing (``Invertd``, in-place transforms) may modify it outside inference mode.
@@ -30,7 +30,6 @@ What it buys, with the label maps of both paths compared on phantom-trained weig
 C++ toolchain and recompiles per input shape) and ONNX Runtime (an fp32 path for 3D convolutions on CPU), and more
 threads than cores. ``tests/test_bench.py`` checks each bundle's inference config on a tiny input.
 """
-
 
 from __future__ import annotations
 
