@@ -405,12 +405,6 @@ def label_map(case: Case, logits) -> np.ndarray:
     return logits.float().argmax(1).to("cpu").numpy().astype(np.uint8)
 
 
-def _window_size(spec: Case, inferer) -> tuple[int, ...]:
-    """The sliding window of a heavy case's (base) inferer, as its config sets it."""
-    sliding = inferer.base_inferer if spec.key == "refnet" else inferer
-    return tuple(int(r) for r in sliding.inferer.roi_size)  # FastInferer -> SlidingWindowInferer
-
-
 def _window_crop(image: np.ndarray, label: np.ndarray, size: tuple[int, ...]) -> tuple[slice, ...]:
     """Spatial slices of one ``size`` window centred on the foreground's centroid, inside the volume."""
     spatial = image.shape[-len(size) :]
@@ -445,12 +439,15 @@ def measure(
         retain_freed_memory()
     spec = CASES[case]
     nets, inferer = build(spec, quick, fast)
+    # the FastInferer around the sliding window (the base stage's in the RefNet cascade)
+    fast_inferer = inferer.base_inferer if spec.key == "refnet" else inferer
     state = torch.load(_weights_path(Path(work_dir), spec, quick), map_location="cpu")
     for name, net in nets.items():
         net.load_state_dict(state[name])
     data = dict(np.load(make_data(spec.data, "test", quick, work_dir)["path"]))
     if region == WINDOW:
-        crop = _window_crop(data["image"], data["label"], _window_size(spec, inferer))
+        window = tuple(int(r) for r in fast_inferer.inferer.roi_size)
+        crop = _window_crop(data["image"], data["label"], window)
         data["image"], data["label"] = data["image"][(slice(None), *crop)], data["label"][crop]
     elif region != FULL:
         raise ValueError(f"measure: region must be {FULL!r} or {WINDOW!r}, got {region!r}.")
@@ -481,8 +478,7 @@ def measure(
     label_path = Path(work_dir) / "labels" / f"{case}_{region}_{path}{'_quick' if quick else ''}.npy"
     label_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(label_path, labels)
-    fast_inferer = inferer.base_inferer.inferer if spec.key == "refnet" else inferer  # base: see _Timed above
-    uses_bf16 = fast and getattr(fast_inferer, "bf16", False) and bf16_supported("cpu")
+    uses_bf16 = fast and fast_inferer.bf16 and bf16_supported("cpu")
     result = {
         "times": times,
         "dtype": "bfloat16" if uses_bf16 else "float32",
