@@ -98,6 +98,24 @@ def test_default_is_the_reconstruction() -> None:
     assert sum(p.numel() for p in net.parameters()) == 13_806_214
 
 
+@pytest.mark.parametrize("spatial_dims", [1, 2, 3])
+def test_cbam_channel_gate_is_the_cbam_formula(spatial_dims: int) -> None:
+    """sigmoid(MLP(avg-pool) + MLP(max-pool)) rescales the channels, eager and scripted, channels-last bf16 too."""
+    torch.manual_seed(0)
+    gate = CBAMChannelGate(spatial_dims, 32, reduction=4).eval()
+    x = torch.randn(2, 32, *[5 + d for d in range(spatial_dims)])
+    axes = list(range(2, x.dim()))
+    scores = gate.mlp(x.mean(dim=axes)) + gate.mlp(x.amax(dim=axes))
+    expected = x * torch.sigmoid(scores).reshape(2, 32, *[1] * spatial_dims)
+    with torch.no_grad():
+        assert torch.allclose(gate(x), expected, atol=1e-6)
+        assert torch.allclose(torch.jit.script(gate)(x), expected, atol=1e-6)
+        if spatial_dims == 3:
+            fast = x.to(memory_format=torch.channels_last_3d)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.allclose(gate(fast).float(), expected, atol=0.05, rtol=0.02)
+
+
 def test_mtcm_kd_backbone_matches_the_hand_count() -> None:
     net = mtcm_kd_backbone()
     n_params = sum(p.numel() for p in net.parameters())

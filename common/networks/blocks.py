@@ -153,10 +153,21 @@ class CBAMChannelGate(nn.Module):
         # 128^3 COHRA-UNet window went from 7.3 s to 6.3 s).
         spatial = list(range(2, x.dim()))
         count = x[0, 0].numel()
-        scores = self.mlp(x.sum(dim=spatial) / count) + self.mlp(x.amax(dim=spatial))
+        scores = self.mlp(x.sum(dim=spatial) / count) + self.mlp(self._global_max(x).flatten(1))
         # A list-built shape rather than *unpacking, which TorchScript cannot compile.
         shape = [x.shape[0], x.shape[1]] + [1] * self.spatial_dims
         return x * torch.sigmoid(scores).reshape(shape)
+
+    def _global_max(self, x: torch.Tensor) -> torch.Tensor:
+        # A max pool over the whole extent gives the same values as ``amax`` over the spatial dims, but on CPU it
+        # is a vectorised kernel for channels-last and bf16 input, where ``amax`` is not: 0.011 s against 0.20 s
+        # for a 32 x 128^3 bf16 window, and a faster backward in training (issue 8).
+        extent = x.shape[2:]
+        if self.spatial_dims == 3:
+            return F.max_pool3d(x, extent)
+        if self.spatial_dims == 2:
+            return F.max_pool2d(x, extent)
+        return F.max_pool1d(x, extent)
 
 
 class CBAMSpatialGate(nn.Module):
