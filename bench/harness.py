@@ -62,6 +62,13 @@ class Context:
         if self.threads < 1:
             raise ValueError(f"Context: threads must be >= 1, got {self.threads}.")
 
+    @property
+    def ablations(self) -> bool:
+        """Whether to measure the allocator ablations (the eager or training path without retained memory): they
+        explain a gain rather than measure a bundle, so ``make bench`` leaves them to ``--full``; the smoke mode
+        runs them too, so that the tests cover their code."""
+        return self.full or self.quick
+
     def to_kwargs(self) -> dict:
         """The JSON-able form passed to :func:`run_isolated` workers."""
         return {

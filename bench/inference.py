@@ -72,8 +72,8 @@ class Case:
         """Timed runs of one measurement: the 20-minute budget of ``make bench`` decides (see :data:`BUDGET`)."""
         if ctx.quick:
             return ctx.repeats
-        if self.heavy:
-            return 1 if region == FULL else min(ctx.repeats, 2)
+        if self.heavy:  # one fp32 window is ~20 s: one timed run after the untimed one
+            return min(ctx.repeats, 2) if region == WINDOW and fast else 1
         if self.data != "vk" and not fast:  # an fp32 sliding window over a full case: ~45 s even for SegResNet
             return 1
         return ctx.repeats
@@ -99,8 +99,8 @@ ALLOCATOR_ABLATION = "segresnet"
 BUDGET = (
     "the 20-minute budget of make bench: the fp32 eager full case of COHRA-UNet, the student and the Swin UNETR "
     "cascade (about 4 min each) only with --full (make bench-full); without it both paths are compared on one "
-    "window of the case (after one untimed window). Repeats: one per full-case pass of those three and per fp32 "
-    "full case, two per window, three for the rest"
+    "window of the case (after one untimed window). Repeats: one per full-case pass of those three, per fp32 window "
+    "of them and per fp32 full case, two per fast window, three for the rest. The allocator ablation only with --full"
 )
 
 
@@ -553,7 +553,7 @@ def run(ctx: Context) -> list[dict]:
         for region, paths in res.items():
             figs += _case_figures(case, region, paths, peak_median, ctx)
         medians[key] = {fast: float(np.median(r["times"])) for fast, r in res[FULL].items()}
-        if key == ALLOCATOR_ABLATION:
+        if key == ALLOCATOR_ABLATION and ctx.ablations:
             figs.append(_allocator_ablation(case, ctx, log))
     for key, ref in (("cohra", "segresnet"), ("fct", "basicunet")):
         for fast in sorted(set(medians[key]) & set(medians[ref])):  # the paths both measured over the full case

@@ -233,6 +233,7 @@ class StepCase:
     quick: dict = field(default_factory=dict)  # tiny shapes for the smoke mode
     reference: str | None = None  # the ``network`` of the case this one is compared with
     repeats: int | None = None  # fewer repeats than ctx.repeats for the slowest steps
+    ablation: bool = False  # measured only when ctx.ablations (make bench-full, and the smoke mode)
     notes: str = ""
 
 
@@ -259,7 +260,7 @@ STEP_CASES = (
         "cohra_unet_brats", "COHRA-UNet, retain_freed_memory false", ("train.json",), "brats_regions",
         full={**_COHRA_FULL, "retain_freed_memory": False},
         quick={**_QUICK_COHRA, "retain_freed_memory": False},
-        reference="COHRA-UNet", repeats=1,
+        reference="COHRA-UNet", repeats=1, ablation=True,
         notes="the allocator ablation: glibc's defaults instead of common.allocator.retain_freed_memory (every "
         "bundle's train.json sets it); " + _COHRA_REDUCED,
     ),
@@ -437,7 +438,8 @@ def _call(ctx: Context, target: str, **kwargs: Any) -> dict:
 
 def step_figures(ctx: Context, progress: _Progress) -> list[dict]:
     results = {}
-    for case in STEP_CASES:
+    cases = [case for case in STEP_CASES if ctx.ablations or not case.ablation]
+    for case in cases:
         overrides = case.quick if ctx.quick else case.full
         repeats = 1 if ctx.quick else min(ctx.repeats, case.repeats or ctx.repeats)
         progress(f"{case.bundle}: {case.network} training step")
@@ -446,7 +448,7 @@ def step_figures(ctx: Context, progress: _Progress) -> list[dict]:
             batch_kind=case.batch, repeats=repeats, warmup=0 if ctx.quick else 1,
         )  # fmt: skip
     figures = []
-    for case in STEP_CASES:
+    for case in cases:
         r = results[case.network]
         size = f"input {_shape(r['shapes']['image'])}"
         ref = results.get(case.reference) if case.reference else None
