@@ -62,7 +62,7 @@ bench: setup
 	$(PY) -m bench.run --out bench/results
 
 # bench plus what its budget leaves out (the whole-case fp32 passes of the three slowest networks, the allocator
-# ablations, the FCT-vs-BasicUNet Dice comparison): about 37 minutes on 2 cores.
+# ablations, the FCT-vs-BasicUNet Dice comparison): about 35 minutes on 2 cores.
 bench-full: setup
 	$(PY) -m bench.run --out bench/results --full
 

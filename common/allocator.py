@@ -3,8 +3,8 @@
 glibc serves every allocation above a few MiB with a fresh ``mmap`` and unmaps it again on free. A 3D network's
 activations are hundreds of MiB each, so every forward (and backward) pass page-faults them in again, zero-filled,
 from the kernel. Telling glibc to take large blocks from its heap and never to trim it keeps that memory for the
-next pass. ``make bench`` measures it in the same run as everything else (its ablation figures); on the 2-core
-benchmark machine of issue 8 (AVX-512 BF16, torch 2.13.0):
+next pass. ``make bench-full`` measures it next to everything else (its allocator ablation figures); on the
+2-core benchmark machine of issue 8 (AVX-512 BF16, torch 2.13.0), run 20261121T070843Z:
 
 * MONAI SegResNet over a full BraTS case, fp32 eager: 44.4 s -> 21.1 s;
 * one COHRA-UNet training step at 2 x 4 x 64^3: 11.5 s -> 5.85 s.

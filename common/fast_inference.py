@@ -16,8 +16,9 @@ overlap and blending, same network and weights):
   made no measurable difference once freed memory is kept.)
 * **freed memory kept** (:func:`common.allocator.retain_freed_memory`, CPU only): glibc would unmap every large
   activation on free and page-fault it in again for the next window. This alone halves an fp32 sliding window
-  (``make bench``: MONAI SegResNet over a full BraTS case 44.4 s -> 21.1 s) and it is on in every bundle's
-  training too. Process-wide and permanent: the process keeps its peak memory. ``retain_memory=False`` opts out.
+  (allocator ablation of ``make bench-full``: MONAI SegResNet over a full BraTS case 44.4 s -> 21.1 s) and it is
+  on in every bundle's training too. Process-wide and permanent: the process keeps its peak memory.
+  ``retain_memory=False`` opts out.
 * **inference mode** (``torch.inference_mode``): no autograd bookkeeping. The result is cloned once on the way out
   so postprocessing (``Invertd``, in-place transforms) may modify it outside inference mode.
 * **sliding-window batch on CPU** (``cpu_sw_batch_size``, off unless set): 3D windows run fastest one at a time on
