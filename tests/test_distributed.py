@@ -16,13 +16,18 @@ from common import distributed
 
 def test_leave_waits_destroys_then_pauses(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier") or None)
+
+    def recorded(name, call):
+        return lambda *args: calls.append(name) or call(*args)
+
+    monkeypatch.setattr(distributed.dist, "barrier", recorded("barrier", dist.barrier))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", recorded("destroy", dist.destroy_process_group))
     monkeypatch.setattr(distributed.time, "sleep", lambda s: calls.append(("sleep", s)))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         distributed.leave_process_group(settle_s=0.05)
         assert not dist.is_initialized()
-        assert calls == ["barrier", ("sleep", 0.05)], "barrier before destroying the group, the pause after"
+        assert calls == ["barrier", "destroy", ("sleep", 0.05)], "barrier, destroy the group, then the pause"
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
