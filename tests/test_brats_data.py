@@ -34,6 +34,7 @@ from common.data.brats import (
     detect_convention,
     load_fold,
     make_folds,
+    read_split,
     regions_to_brats_labels,
     write_split_file,
 )
@@ -230,14 +231,16 @@ def test_unknown_modality_name(tree2021: Path) -> None:
 
 def test_make_folds_partition_balance_and_relative_paths(tree11: Path) -> None:
     split = make_folds(tree11, folds=5, seed=3)
-    entries = split["training"]
-    cases = [e["case"] for e in entries]
+    entries, testing = split["training"], split["testing"]
+    cases = [e["case"] for e in entries + testing]
     assert sorted(cases) == [case_name(BRATS_2023, i) for i in range(11)]  # every case exactly once
+    assert len(testing) == 2 and all("fold" not in e for e in testing)  # round(0.2 x 11) held out
     sizes = [sum(e["fold"] == k for e in entries) for k in range(5)]
-    assert sum(sizes) == 11 and max(sizes) - min(sizes) <= 1
+    assert sum(sizes) == 9 and max(sizes) - min(sizes) <= 1
     assert split["convention"] == "brats2023" and split["et_label"] == 3 and split["num_folds"] == 5
     assert split["modalities"] == ["t1", "t1ce", "t2", "flair"] and split["seed"] == 3
-    for e in entries:
+    assert split["test_fraction"] == 0.2
+    for e in entries + testing:
         for p in [*e["image"], e["label"]]:
             assert not os.path.isabs(p) and p.startswith(e["case"] + "/")
             assert (tree11 / p).is_file()
@@ -250,6 +253,11 @@ def test_make_folds_deterministic_by_seed(tree11: Path) -> None:
 
     assert assignment(7) == assignment(7)
     assert assignment(7) != assignment(8)
+    assert [e["case"] for e in make_folds(tree11, folds=5, seed=7)["testing"]] != [
+        e["case"] for e in make_folds(tree11, folds=5, seed=8)["testing"]
+    ]
+    no_test = make_folds(tree11, folds=5, seed=7, test_fraction=0)
+    assert no_test["testing"] == [] and len(no_test["training"]) == 11
 
 
 def test_make_folds_rejects_bad_fold_counts(tree2021: Path) -> None:
@@ -257,6 +265,10 @@ def test_make_folds_rejects_bad_fold_counts(tree2021: Path) -> None:
         make_folds(tree2021, folds=5)
     with pytest.raises(BratsDataError, match="folds must be an integer >= 2"):
         make_folds(tree2021, folds=1)
+    with pytest.raises(BratsDataError, match=r"after 1 held-out test case\(s\), fewer than 3 folds"):
+        make_folds(tree2021, folds=3)
+    with pytest.raises(BratsDataError, match=r"test_fraction must be in \[0, 1\)"):
+        make_folds(tree2021, folds=2, test_fraction=1.0)
 
 
 def test_write_and_load_fold(tree11: Path, tmp_path: Path) -> None:
@@ -270,19 +282,24 @@ def test_write_and_load_fold(tree11: Path, tmp_path: Path) -> None:
     seen = []
     for fold in range(5):
         train, val = load_fold(out, tree11, fold)
-        assert len(train) + len(val) == 11 and val
+        assert len(train) + len(val) == 9 and val
         assert all(it["fold"] == fold for it in val) and all(it["fold"] != fold for it in train)
         assert not {it["case"] for it in train} & {it["case"] for it in val}
         for it in train + val:
             assert all(os.path.isabs(p) and os.path.isfile(p) for p in [*it["image"], it["label"]])
         assert val[0]["image"][0].endswith("-t2f.nii.gz")  # modality order kept
         seen += [it["case"] for it in val]
-    assert sorted(seen) == [case_name(BRATS_2023, i) for i in range(11)]
+        train, val, test = read_split(out, tree11, fold, modalities=("flair", "t1ce", "t2", "t1"))
+        assert len(test) == 2 and not {it["case"] for it in test} & {it["case"] for it in train + val}
+        assert all(os.path.isabs(p) and os.path.isfile(p) for it in test for p in [*it["image"], it["label"]])
+    assert sorted(seen + [it["case"] for it in test]) == [case_name(BRATS_2023, i) for i in range(11)]
+    with pytest.raises(BratsDataError, match="holds a 'testing' list"):
+        read_split(out, tree11, 0, modalities=("flair", "t1ce", "t2", "t1"), test_fold=-1)
 
 
 def test_load_fold_errors(tree11: Path, tmp_path: Path) -> None:
     out = tmp_path / "folds.json"
-    write_split_file(tree11, out, folds=5)
+    write_split_file(tree11, out, folds=5, test_fraction=0)
     with pytest.raises(BratsDataError, match=r"has no fold 5; its folds are \[0, 1, 2, 3, 4\]"):
         load_fold(out, tree11, 5)
     with pytest.raises(BratsFileNotFoundError, match="does not exist"):
@@ -326,9 +343,12 @@ def test_cli_make_split(tree11: Path, tmp_path: Path) -> None:
     run = subprocess.run([*cmd, "--folds", "3", "--seed", "5"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     split = json.loads(out.read_text())
-    assert split["num_folds"] == 3 and split["seed"] == 5 and len(split["training"]) == 11
+    assert split["num_folds"] == 3 and split["seed"] == 5 and len(split["training"]) == 9
     assert split == make_folds(tree11, folds=3, seed=5)
-    assert "11 cases" in run.stdout
+    assert "2 held-out test and 9 cross-validation cases" in run.stdout
+    run = subprocess.run([*cmd, "--test-fraction", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(out.read_text())["testing"] == []
 
 
 def test_cli_error_is_one_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -74,11 +74,24 @@ def test_evaluation_writes_per_case_dice_and_hd95(trained):
     overlay = _overlay(root / "eval.json", {**settings, "output_dir": str(root / "eval")})
     zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", overlay], log_file=root / "eval.log")
     summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
+    held_out = [e["case"] for e in json.loads((root / "datalist.json").read_text())["testing"]]
     for region in ("tc", "wt", "et"):
         assert f"val_dice_{region}" in summary["metrics"] and f"val_hd95_{region}" in summary["metrics"]
         rows = (root / "eval" / f"val_hd95_{region}_raw.csv").read_text().splitlines()
-        assert len(rows) == 1 + summary["cases"] == 1 + 2  # header + one row per validation case
+        assert len(rows) == 1 + summary["cases"] == 1 + len(held_out)  # header + one row per held-out test case
+        assert sorted(Path(row.split(",")[0]).parent.name for row in rows[1:]) == held_out
     assert summary["summary"]["val_dice_wt"]["mean"]["mean"] is not None
+
+    # the model-selection fold only when asked for, and a split without cases is refused with its name
+    validation = _overlay(root / "val.json", {**settings, "output_dir": str(root / "val"), "eval_split": "validation"})
+    zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", validation], log_file=root / "val.log")
+    assert json.loads((root / "val" / "metrics_summary.json").read_text())["cases"] == 2  # fold 0 of 3 cases
+    no_test = root / "no_test.json"
+    no_test.write_text(json.dumps({**json.loads((root / "datalist.json").read_text()), "testing": []}))
+    overlay = _overlay(root / "no_test_eval.json", {**settings, "split_file": str(no_test), "output_dir": str(root / "x")})
+    with pytest.raises(RuntimeError):
+        zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", overlay], log_file=root / "x.log")
+    assert f"error: '{no_test}' holds no test cases" in (root / "x.log").read_text()
 
 
 def test_inference_writes_the_inputs_label_convention_and_affine(tmp_path, trained):

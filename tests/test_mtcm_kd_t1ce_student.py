@@ -27,9 +27,9 @@ from conftest import REPO_ROOT
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export
 
-from common.data.brats import BratsDataError, BratsFileNotFoundError, write_split_file
+from common.data.brats import BratsDataError, BratsFileNotFoundError, read_split, write_split_file
 from common.engines.choi_kd import ChoiKDTrainer
-from common.engines.mtcm_kd import MTCMKDTrainer, init_student_weights, read_fold, unwrap
+from common.engines.mtcm_kd import MTCMKDTrainer, init_student_weights, unwrap
 from common.networks.cohra_unet import mtcm_kd_backbone
 from common.networks.mtcm_kd import TeacherFeatures
 from common.synthetic.brats import generate_brats
@@ -104,8 +104,8 @@ def settings(data: dict, name: str, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def corrected(data) -> dict:
-    """One epoch of the default (corrected) protocol: fold 1 trains (one batch of two), fold 0 validates, fold 2 is
-    held out for evaluate.json."""
+    """One epoch of the default (corrected) protocol: folds 1 and 2 train, fold 0 validates, the split file's testing
+    case is held out for evaluate.json."""
     overrides = settings(data, "corrected", epochs=1, val_interval=1)
     workflow = run_workflow(["train.json"], overrides)
     return {"overrides": overrides, "trainer": workflow.parser.get_parsed_content("train#trainer")}
@@ -125,7 +125,7 @@ def test_corrected_protocol_trains_logs_teacher_weights_and_evaluates_natively_w
 
     evaluation = run_workflow(["train.json", "evaluate.json"], overrides)
     summary = json.loads((Path(overrides["output_dir"]) / "metrics_summary.json").read_text())
-    held_out = {e["case"] for e in json.loads(Path(data["split_file"]).read_text())["training"] if e["fold"] == 2}
+    held_out = {e["case"] for e in json.loads(Path(data["split_file"]).read_text())["testing"]}
     for region in ("tc", "wt", "et"):
         assert math.isfinite(summary["metrics"][f"val_dice_{region}"])
         assert f"val_hd95_{region}" in summary["metrics"]
@@ -321,33 +321,38 @@ def test_torchscript_export_holds_only_the_student_and_teachers_are_saved_beside
 # ---- protocol helpers --------------------------------------------------------------------------------------------
 
 
-def test_read_fold_reads_both_split_formats_and_names_bad_ones(data, tmp_path):
-    repo_train, repo_val, no_test = read_fold(data["split_file"], data["dataset_dir"], 1)
-    authors_train, authors_val, _ = read_fold(data["root"] / "folds_data.json", data["dataset_dir"], 1)
-    assert no_test == [] and len(repo_train) == 4 and len(repo_val) == 2
+def test_read_split_reads_both_split_formats_and_names_bad_ones(data, tmp_path):
+    repo_train, repo_val, test = read_split(data["split_file"], data["dataset_dir"], 1)
+    authors_train, authors_val, no_test = read_split(data["root"] / "folds_data.json", data["dataset_dir"], 1)
+    # 6 cases: round(0.2 x 6) = 1 held out as the split file's testing list, 5 in folds of 2, 2, 1
+    assert len(test) == 1 and no_test == [] and len(repo_train) + len(repo_val) == 5
+    assert not {i["case"] for i in test} & {i["case"] for i in repo_train + repo_val}
     assert sorted(i["case"] for i in authors_val) == sorted(i["case"] for i in repo_val)
     assert sorted(i["image"][1] for i in authors_train) == sorted(i["image"][1] for i in repo_train)
     assert all(i["image"][1].endswith("_t1ce.nii.gz") and i["label"].endswith("_seg.nii.gz") for i in authors_train)
 
-    held_train, held_val, test = read_fold(data["split_file"], data["dataset_dir"], 1, test_fold=-1)
-    assert held_val == repo_val and {i["case"] for i in test} == {
-        i["case"] for i in read_fold(data["split_file"], data["dataset_dir"], 2)[1]
+    # a file without a testing list (the authors', SwinUNETR's) can hold out a fold instead
+    held_train, held_val, test = read_split(data["root"] / "folds_data.json", data["dataset_dir"], 1, test_fold=-1)
+    assert held_val == authors_val and {i["case"] for i in test} == {
+        i["case"] for i in read_split(data["root"] / "folds_data.json", data["dataset_dir"], 2)[1]
     }
-    assert {i["case"] for i in held_train} == {i["case"] for i in repo_train} - {i["case"] for i in test}
+    assert {i["case"] for i in held_train} == {i["case"] for i in authors_train} - {i["case"] for i in test}
     with pytest.raises(BratsDataError, match="test_fold 1 is the validation fold"):
-        read_fold(data["split_file"], data["dataset_dir"], 1, test_fold=1)
+        read_split(data["root"] / "folds_data.json", data["dataset_dir"], 1, test_fold=1)
+    with pytest.raises(BratsDataError, match="holds a 'testing' list"):
+        read_split(data["split_file"], data["dataset_dir"], 1, test_fold=-1)
     with pytest.raises(BratsDataError, match=r"has folds \[0, 1, 2\]; got fold 5"):
-        read_fold(data["root"] / "folds_data.json", data["dataset_dir"], 5)
+        read_split(data["root"] / "folds_data.json", data["dataset_dir"], 5)
     missing = tmp_path / "missing.json"
     missing.write_text(json.dumps([{"train_samples": ["BraTS2021_00000", "BraTS2021_09999"], "valid_samples": []}]))
     with pytest.raises(BratsFileNotFoundError, match="BraTS2021_09999"):
-        read_fold(missing, data["dataset_dir"], 0)
+        read_split(missing, data["dataset_dir"], 0)
     other = tmp_path / "other.json"
     other.write_text(json.dumps([{"train": [], "val": []}]))
     with pytest.raises(BratsDataError, match="neither known format"):
-        read_fold(other, data["dataset_dir"], 0)
+        read_split(other, data["dataset_dir"], 0)
     with pytest.raises(BratsDataError, match="remake it with --modalities flair t1ce t2 t1"):
-        read_fold(data["split_file"], data["dataset_dir"], 0, modalities=["flair", "t1ce", "t2", "t1"])
+        read_split(data["split_file"], data["dataset_dir"], 0, modalities=["flair", "t1ce", "t2", "t1"])
 
 
 def test_student_initialisation_and_checkpoint_items_of_wrapped_networks():

@@ -331,8 +331,11 @@ def test_split_sizes_disjoint_deterministic():
     numbers = list(range(3, 203))
     split = split_slices(numbers, val_fraction=0.2, quality_check=4, seed=0, block_size=10)
     sizes = {k: len(v) for k, v in split.items()}
-    assert sizes == {"training": 157, "validation": 39, "quality_check": 4}  # round(0.2 * 196) = 39
-    assert sorted(split["training"] + split["validation"] + split["quality_check"]) == numbers
+    # test: round(0.2 * 200) = 40; validation: round(0.2 * (200 - 40 - 4)) = 31
+    assert sizes == {"test": 40, "training": 125, "validation": 31, "quality_check": 4}
+    assert sorted(split["test"] + split["training"] + split["validation"] + split["quality_check"]) == numbers
+    rest = set(numbers) - set(split["test"])
+    assert len({n // 10 for n in split["test"]} & {n // 10 for n in rest}) <= 1, "test slices are whole blocks but one"
     assert split == split_slices(numbers, 0.2, 4, seed=0, block_size=10)
     assert split != split_slices(numbers, 0.2, 4, seed=1, block_size=10)
     assert all(v == sorted(v) for v in split.values())
@@ -341,14 +344,15 @@ def test_split_sizes_disjoint_deterministic():
 def test_split_keeps_blocks_together_and_spreads_quality_check():
     numbers = list(range(200))
     for seed in range(5):
-        split = split_slices(numbers, val_fraction=0.2, quality_check=4, seed=seed, block_size=10)
+        split = split_slices(numbers, val_fraction=0.2, quality_check=4, seed=seed, block_size=10, test_fraction=0)
+        assert split["test"] == []
         side = {n: k for k, ns in split.items() for n in ns}
         held_out = {"validation", "quality_check"}
         # q + v = 4 + 39 = 43 held-out slices: four whole blocks plus three slices of one cut block
         mixed = [b for b in range(20) if len({side[n] in held_out for n in range(10 * b, 10 * b + 10)}) > 1]
         assert len(mixed) == 1, mixed
         assert len({n // 10 for n in split["quality_check"]}) == 4, "quality-check slices come from different blocks"
-    per_slice = split_slices(numbers, 0.2, 0, seed=0, block_size=1)
+    per_slice = split_slices(numbers, 0.2, 0, seed=0, block_size=1, test_fraction=0)
     assert per_slice["validation"] != list(range(min(per_slice["validation"]), min(per_slice["validation"]) + 40))
 
 
@@ -359,9 +363,12 @@ def test_split_rejects_bad_arguments():
         split_slices(range(10), quality_check=-1)
     with pytest.raises(VKDataError, match="block_size"):
         split_slices(range(10), block_size=0)
-    with pytest.raises(VKDataError, match="3 slice\\(s\\) cannot give 2 quality-check"):
+    with pytest.raises(VKDataError, match="test_fraction"):
+        split_slices(range(10), test_fraction=1.0)
+    with pytest.raises(VKDataError, match="3 slice\\(s\\) cannot give 1 test and 2 quality-check"):
         split_slices(range(3), quality_check=2)
-    assert {k: len(v) for k, v in split_slices(range(2), 0.2, 0).items()} == {
+    assert {k: len(v) for k, v in split_slices(range(3), 0.2, 0).items()} == {
+        "test": 1,
         "training": 1,
         "validation": 1,
         "quality_check": 0,
@@ -371,6 +378,9 @@ def test_split_rejects_bad_arguments():
 # ---------------------------------------------------------------------------------------------------------------
 # prepare command
 # ---------------------------------------------------------------------------------------------------------------
+
+
+SPLITS = ("test", "training", "validation", "quality_check")
 
 
 def expected_labels(index: int) -> np.ndarray:
@@ -388,9 +398,11 @@ def test_prepare_end_to_end(phantoms, tmp_path):
     datalist_bytes = (out / "datalist.json").read_bytes()
     datalist = json.loads(datalist_bytes)
 
-    assert (datalist["num_training"], datalist["num_validation"], datalist["num_quality_check"]) == (8, 2, 2)
-    assert [len(datalist[k]) for k in ("training", "validation", "quality_check")] == [8, 2, 2]
-    images = [item["image"] for key in ("training", "validation", "quality_check") for item in datalist[key]]
+    # test round(0.2 x 12) = 2, quality check 2, validation round(0.2 x 8) = 2, training 6
+    counts = [datalist[f"num_{k}"] for k in ("test", "training", "validation", "quality_check")]
+    assert counts == [len(datalist[k]) for k in ("test", "training", "validation", "quality_check")] == [2, 6, 2, 2]
+    assert datalist["test_fraction"] == 0.2
+    images = [item["image"] for key in SPLITS for item in datalist[key]]
     assert sorted(images) == [str(phantoms / "images" / f"VK_{i:04d}.png") for i in range(CASES)], "disjoint, complete"
     assert datalist["labels"] == {"0": "background", "1": "bone", "2": "muscle"}
     assert (datalist["seed"], datalist["val_fraction"], datalist["block_size"]) == (0, 0.2, 2)
@@ -398,7 +410,7 @@ def test_prepare_end_to_end(phantoms, tmp_path):
     assert datalist["colour_table_sha256"] == hashlib.sha256((phantoms / "colour_table.csv").read_bytes()).hexdigest()
 
     coding = ColourCoding.from_file(phantoms / "colour_table.csv")
-    for key in ("training", "validation", "quality_check"):
+    for key in SPLITS:
         for item in datalist[key]:
             image, label = Path(item["image"]), Path(item["label"])
             assert image.is_absolute() and label.is_absolute() and label.parent == out.resolve() / "labels"
@@ -413,7 +425,7 @@ def test_prepare_end_to_end(phantoms, tmp_path):
 
     from monai.data import load_decathlon_datalist
 
-    for key in ("training", "validation", "quality_check"):
+    for key in SPLITS:
         loaded = load_decathlon_datalist(out / "datalist.json", data_list_key=key, base_dir=tmp_path / "elsewhere")
         assert loaded == datalist[key], "absolute paths survive any base_dir"
 
@@ -431,8 +443,9 @@ def test_prepare_end_to_end(phantoms, tmp_path):
 
 def test_prepare_defaults(phantoms, tmp_path):
     datalist = vk.prepare(phantoms, tmp_path)
-    # 12 slices: 4 quality-check slices (the default), round(0.2 * 8) = 2 validation, 6 training
-    assert (datalist["num_training"], datalist["num_validation"], datalist["num_quality_check"]) == (6, 2, 4)
+    # 12 slices: round(0.2 * 12) = 2 test, 4 quality-check slices (the default), round(0.2 * 6) = 1 validation, 5 training
+    counts = [datalist[f"num_{k}"] for k in ("test", "training", "validation", "quality_check")]
+    assert counts == [2, 5, 1, 4]
     assert datalist["block_size"] == 50 and datalist["unknown_colours"] == "error"
     assert json.loads((tmp_path / "datalist.json").read_text()) == datalist
 

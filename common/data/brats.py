@@ -30,7 +30,9 @@ Label helpers complement MONAI, which already has the forward direction
 
 Split files follow MONAI research-contributions' SwinUNETR ``brats21_folds.json``
 (``{"training": [{"fold": k, "image": [...], "label": ...}, ...]}``, paths relative to the dataset folder) and add
-the keys ``convention``, ``et_label``, ``modalities``, ``num_folds`` and ``seed``. Command line::
+a ``testing`` list of held-out cases (20 % by default; never trained on, never used for model selection) and the
+keys ``convention``, ``et_label``, ``modalities``, ``num_folds``, ``seed`` and ``test_fraction``. :func:`read_split`
+reads both this format and the MTCM-KD authors' ``folds_data.json``. Command line::
 
     python -m common.data.brats make-split --dataset-dir /data/BraTS2021 --out /data/brats_folds.json --folds 5
 """
@@ -40,9 +42,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,7 @@ __all__ = [
     "BRATS_2023",
     "BRATS_CONVENTIONS",
     "DEFAULT_MODALITIES",
+    "DEFAULT_TEST_FRACTION",
     "LABEL_CONVENTIONS",
     "BratsConvention",
     "BratsDataError",
@@ -81,6 +84,7 @@ __all__ = [
     "detect_convention",
     "load_fold",
     "make_folds",
+    "read_split",
     "regions_to_brats_labels",
     "write_split_file",
 ]
@@ -96,6 +100,9 @@ DEFAULT_MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 _MODALITY_ALIASES = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
 
 _IMAGE_EXTENSIONS = (".nii.gz", ".nii")  # BraTS ships .nii.gz; some users decompress the archive
+
+#: Share of the cases a new split file holds out as its ``testing`` list (never trained on, never used for selection).
+DEFAULT_TEST_FRACTION = 0.2
 
 
 class BratsDataError(BadInputError):
@@ -383,12 +390,14 @@ def make_folds(
     seed: int = 0,
     modalities: Sequence[str] = DEFAULT_MODALITIES,
     with_label: bool = True,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> dict[str, Any]:
-    """Assign every case of a BraTS dataset folder to one of ``folds`` cross-validation folds.
+    """Hold out a test set of a BraTS dataset folder and assign every other case to one of ``folds`` folds.
 
-    The shuffle is deterministic: cases are ordered by ``sha256(f"{seed}:{case_id}")`` and the i-th case of that
-    order goes to fold ``i % folds``, so fold sizes differ by at most one and the same seed gives the same split on
-    any machine.
+    The shuffle is deterministic: cases are ordered by ``sha256(f"{seed}:{case_id}")``; the first
+    ``round(test_fraction * cases)`` of that order (at least one when ``test_fraction > 0``) form the held-out
+    ``testing`` list, which no training run and no model selection sees, and the i-th of the others goes to fold
+    ``i % folds``, so fold sizes differ by at most one and the same seed gives the same split on any machine.
 
     Returns:
         the split dictionary written by :func:`write_split_file` (paths relative to ``dataset_dir``, POSIX
@@ -400,37 +409,46 @@ def make_folds(
                            "image": ["BraTS2021_00000/BraTS2021_00000_t1.nii.gz", ...],
                            "label": "BraTS2021_00000/BraTS2021_00000_seg.nii.gz"}, ...]}
 
-        ``training`` is sorted by fold, then case id.
+        ``training`` is sorted by fold, then case id; ``testing`` (MONAI's datalist key for test cases) by case id
+        and has no ``fold``.
     """
     if int(folds) != folds or folds < 2:
         raise BratsDataError(f"folds must be an integer >= 2, got {folds!r}.")
+    if not 0 <= test_fraction < 1:
+        raise BratsDataError(f"test_fraction must be in [0, 1), got {test_fraction!r}.")
     root = _existing_dir(dataset_dir)
     conv = detect_convention(root)
     canonical = _canonical_modalities(modalities)
     items = brats_datalist(root, canonical, with_label=with_label, convention=conv)
-    if len(items) < folds:
-        raise BratsDataError(f"BraTS dataset folder '{root}' holds {len(items)} case(s), fewer than {folds} folds.")
+    n_test = max(math.floor(test_fraction * len(items) + 0.5), 1) if test_fraction > 0 else 0
+    if len(items) - n_test < folds:
+        raise BratsDataError(
+            f"BraTS dataset folder '{root}' holds {len(items)} case(s): after {n_test} held-out test case(s), fewer "
+            f"than {folds} folds."
+        )
 
-    def rel(path: str) -> str:
-        return Path(path).relative_to(root).as_posix()
+    def entry(item: dict[str, Any]) -> dict[str, Any]:
+        images = [Path(p).relative_to(root).as_posix() for p in item["image"]]
+        out: dict[str, Any] = {"case": item["case"], "image": images}
+        if with_label:
+            out["label"] = Path(item["label"]).relative_to(root).as_posix()
+        return out
 
     order = sorted(items, key=lambda it: _fold_order_key(seed, it["case"]))
-    training = []
-    for rank, item in enumerate(order):
-        entry: dict[str, Any] = {"fold": rank % folds, "case": item["case"], "image": [rel(p) for p in item["image"]]}
-        if with_label:
-            entry["label"] = rel(item["label"])
-        training.append(entry)
+    testing = sorted((entry(item) for item in order[:n_test]), key=lambda e: e["case"])
+    training = [{"fold": rank % folds, **entry(item)} for rank, item in enumerate(order[n_test:])]
     training.sort(key=lambda e: (e["fold"], e["case"]))
     return {
-        "description": f"{folds}-fold cross-validation split of a {conv.title} dataset folder; "
-        "paths are relative to the dataset folder.",
+        "description": f"{folds}-fold cross-validation split of a {conv.title} dataset folder with {n_test} held-out "
+        "test case(s); paths are relative to the dataset folder.",
         "convention": conv.name,
         "et_label": conv.et_label,
         "modalities": canonical,
         "num_folds": int(folds),
         "seed": int(seed),
+        "test_fraction": float(test_fraction),
         "training": training,
+        "testing": testing,
     }
 
 
@@ -441,15 +459,52 @@ def write_split_file(
     seed: int = 0,
     modalities: Sequence[str] = DEFAULT_MODALITIES,
     with_label: bool = True,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> dict[str, Any]:
     """Make a k-fold split of ``dataset_dir`` (see :func:`make_folds`) and write it atomically to ``out`` as JSON.
 
     Returns:
         the split dictionary that was written.
     """
-    split = make_folds(dataset_dir, folds=folds, seed=seed, modalities=modalities, with_label=with_label)
+    split = make_folds(dataset_dir, folds, seed, modalities, with_label, test_fraction)
     atomic_write_json(Path(out).expanduser(), split)
     return split
+
+
+def _read_split_json(path: Path) -> Any:
+    if not path.is_file():
+        raise BratsFileNotFoundError(
+            f"Split file '{path}' does not exist; make one with "
+            "'python -m common.data.brats make-split --dataset-dir D --out F'."
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BratsDataError(f"Split file '{path}' is not valid JSON: {e}") from e
+
+
+def _absolute_items(
+    entries: Sequence[Mapping[str, Any]], root: Path, split_path: Path, check_files: bool
+) -> list[dict[str, Any]]:
+    """Split-file entries with absolute paths; with ``check_files``, one error naming up to ten missing files."""
+    items, missing = [], []
+    for entry in entries:
+        item = dict(entry)
+        images = [entry["image"]] if isinstance(entry["image"], str) else entry["image"]
+        item["image"] = [os.path.abspath(os.path.join(root, p)) for p in images]
+        if "label" in entry:
+            item["label"] = os.path.abspath(os.path.join(root, entry["label"]))
+        if check_files:
+            missing += [p for p in item["image"] + [item.get("label")] if p is not None and not os.path.isfile(p)]
+        items.append(item)
+    if missing:
+        shown = "\n  ".join(f"'{p}'" for p in missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise BratsFileNotFoundError(
+            f"{len(missing)} file(s) listed in split file '{split_path}' are missing under dataset folder "
+            f"'{root}':\n  {shown}{more}\nIs --dataset-dir the folder the split was made from?"
+        )
+    return items
 
 
 def load_fold(
@@ -460,8 +515,9 @@ def load_fold(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Read a split file and return ``(train_items, val_items)`` for ``fold`` with absolute paths.
 
-    Validation items are those of ``fold``; training items are all others. Items keep their ``fold`` and
-    ``case`` keys. Any file written in the SwinUNETR ``brats21_folds.json`` format is accepted.
+    Validation items are those of ``fold``; training items are all others of the ``training`` list (a ``testing``
+    list is never among them). Items keep their ``fold`` and ``case`` keys. Any file written in the SwinUNETR
+    ``brats21_folds.json`` format is accepted.
 
     Args:
         split_file: JSON split file (see :func:`make_folds`).
@@ -476,15 +532,7 @@ def load_fold(
     """
     split_path = Path(split_file).expanduser()
     fold = int(fold)  # config and command-line values may arrive as strings
-    if not split_path.is_file():
-        raise BratsFileNotFoundError(
-            f"Split file '{split_path}' does not exist; make one with "
-            "'python -m common.data.brats make-split --dataset-dir D --out F'."
-        )
-    try:
-        split = json.loads(split_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BratsDataError(f"Split file '{split_path}' is not valid JSON: {e}") from e
+    split = _read_split_json(split_path)
     entries = split.get("training") if isinstance(split, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "fold" in e and "image" in e for e in entries):
         raise BratsDataError(
@@ -495,30 +543,109 @@ def load_fold(
     present = sorted({int(e["fold"]) for e in entries})
     if fold not in present:
         raise BratsDataError(f"Split file '{split_path}' has no fold {fold}; its folds are {present}.")
+    items = _absolute_items(entries, root, split_path, check_files)
+    return [i for i in items if int(i["fold"]) != fold], [i for i in items if int(i["fold"]) == fold]
 
-    def absolute(path: str) -> str:
-        return os.path.abspath(os.path.join(root, path))
 
-    train, val, missing = [], [], []
-    for entry in entries:
-        item = dict(entry)
-        images = [entry["image"]] if isinstance(entry["image"], str) else entry["image"]
-        item["image"] = [absolute(p) for p in images]
-        if "label" in entry:
-            item["label"] = absolute(entry["label"])
-        if check_files:
-            missing += [
-                p for p in item["image"] + ([item["label"]] if "label" in item else []) if not os.path.isfile(p)
-            ]
-        (val if int(entry["fold"]) == fold else train).append(item)
-    if missing:
-        shown = "\n  ".join(f"'{p}'" for p in missing[:10])
-        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise BratsFileNotFoundError(
-            f"{len(missing)} file(s) listed in split file '{split_path}' are missing under dataset folder "
-            f"'{root}':\n  {shown}{more}\nIs --dataset-dir the folder the split was made from?"
+_AUTHORS_KEYS = ("train_samples", "valid_samples")
+
+
+def read_split(
+    split_file: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    fold: int,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    test_fold: int | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(train_items, val_items, test_items)`` of a split file in the repository's or the MTCM-KD authors' format.
+
+    This is the one reader the BraTS bundles' configs call. ``fold`` is the validation fold (model selection). The
+    held-out test cases are the file's ``testing`` list (:func:`make_folds` writes one); for a file without one
+    (SwinUNETR's ``brats21_folds.json``, older split files) ``test_fold`` may name a fold to hold out instead: its
+    cases are left out of training and returned as test items. Without either, ``test_items`` is ``[]``. Folds
+    count from 0 in the file's fold order; negative values count from the last (``-1``: the last).
+
+    - The repository's format (``python -m common.data.brats make-split``; an object with a ``training`` list) is
+      read by :func:`load_fold`. Its ``modalities``, when recorded, must equal ``modalities``: they are the channel
+      order the networks are trained on.
+    - The authors' ``data_splits/folds_data.json`` (RhineLT/mtcm-kd) is a list with one
+      ``{"train_samples": [case ids], "valid_samples": [case ids]}`` object per fold, without test cases. The cases
+      are looked up in ``dataset_dir`` (:func:`brats_datalist`, either BraTS naming) and their images stacked in the
+      order of ``modalities``.
+
+    Items are ``{"image": [one path per modality], "label": path, "case": id, ...}``.
+
+    Raises:
+        BratsFileNotFoundError: the split file or a listed case is missing (up to ten are named).
+        BratsDataError: the file is neither format, has no such fold, records other modalities, holds a ``testing``
+            list and a ``test_fold`` is given too, or the test fold is the validation fold.
+    """
+    path = Path(split_file).expanduser()
+    modalities = list(modalities)
+    split = _read_split_json(path)
+    testing: list[dict[str, Any]] = []
+    if isinstance(split, dict):
+        recorded = split.get("modalities")
+        if recorded is not None and list(recorded) != modalities:
+            raise BratsDataError(
+                f"Split file '{path}' stacks the modalities {list(recorded)}, but this bundle's channels are "
+                f"{modalities}; remake it with --modalities {' '.join(modalities)}."
+            )
+        entries = split.get("training")
+        folds = sorted({int(e["fold"]) for e in entries if isinstance(e, dict) and "fold" in e}) if entries else []
+        if split.get("testing"):
+            if test_fold is not None:
+                raise BratsDataError(
+                    f"Split file '{path}' holds a 'testing' list of held-out cases; test_fold is only for files "
+                    "without one. Leave test_fold unset (null)."
+                )
+            testing = _absolute_items(split["testing"], _existing_dir(dataset_dir), path, check_files=True)
+
+        def fold_items(k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            return load_fold(path, dataset_dir, k)
+
+    else:
+        authors_format = isinstance(split, list) and all(
+            isinstance(entry, dict) and all(isinstance(entry.get(k), list) for k in _AUTHORS_KEYS) for entry in split
         )
-    return train, val
+        if not authors_format or not split:
+            raise BratsDataError(
+                f"Split file '{path}' is in neither known format: expected the repository's "
+                '{"training": [{"fold": k, "image": [...], "label": ...}, ...]} or the MTCM-KD authors\' '
+                '[{"train_samples": [case ids], "valid_samples": [case ids]}, ...] (one object per fold).'
+            )
+        folds = list(range(len(split)))
+        cases = {item["case"]: item for item in brats_datalist(dataset_dir, modalities)}
+
+        def fold_items(k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            wanted = [split[k][key] for key in _AUTHORS_KEYS]
+            missing = [case for ids in wanted for case in ids if case not in cases]
+            if missing:
+                shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+                raise BratsFileNotFoundError(
+                    f"Split file '{path}' lists {len(missing)} case(s) of fold {k} that are not case folders of "
+                    f"'{dataset_dir}': {shown}."
+                )
+            return [dict(cases[c]) for c in wanted[0]], [dict(cases[c]) for c in wanted[1]]
+
+    def resolve(k: int, what: str) -> int:
+        k = int(k)  # config and command-line values may arrive as strings
+        if not folds or not -len(folds) <= k < len(folds):
+            raise BratsDataError(f"Split file '{path}' has folds {folds}; got {what} {k}.")
+        return folds[k]
+
+    fold = resolve(fold, "fold")
+    train, val = fold_items(fold)
+    if test_fold is None:
+        return train, val, testing
+    test_fold = resolve(test_fold, "test_fold")
+    if test_fold == fold:
+        raise BratsDataError(
+            f"test_fold {test_fold} is the validation fold of split file '{path}'; hold out another fold."
+        )
+    test = fold_items(test_fold)[1]
+    held_out = {item["case"] for item in test}
+    return [item for item in train if item["case"] not in held_out], val, test
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -808,7 +935,7 @@ def case_name_formatter(metadict: dict, saver: Any) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m common.data.brats make-split --dataset-dir D --out F [--folds 5] [--seed 0]``."""
+    """``python -m common.data.brats make-split --dataset-dir D --out F [--folds 5] [--seed 0] [--test-fraction F]``."""
     parser = argparse.ArgumentParser(prog="python -m common.data.brats", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ms = sub.add_parser("make-split", help="write a k-fold cross-validation split file of a BraTS dataset folder")
@@ -816,6 +943,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ms.add_argument("--out", required=True, help="JSON file to write (atomically)")
     ms.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     ms.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    ms.add_argument(
+        "--test-fraction",
+        type=float,
+        default=DEFAULT_TEST_FRACTION,
+        help=f"share of the cases held out as test cases, never trained on (default {DEFAULT_TEST_FRACTION}; 0: none)",
+    )
     ms.add_argument(
         "--modalities",
         nargs="+",
@@ -833,14 +966,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             modalities=args.modalities,
             with_label=not args.no_label,
+            test_fraction=args.test_fraction,
         )
     except BratsDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     sizes = [sum(1 for e in split["training"] if e["fold"] == k) for k in range(split["num_folds"])]
     print(
-        f"wrote {args.out}: {len(split['training'])} cases ({split['convention']}), "
-        f"{split['num_folds']} folds of sizes {sizes}, seed {split['seed']}, modalities {split['modalities']}"
+        f"wrote {args.out}: {len(split['testing'])} held-out test and {len(split['training'])} cross-validation "
+        f"cases ({split['convention']}), {split['num_folds']} folds of sizes {sizes}, seed {split['seed']}, "
+        f"modalities {split['modalities']}"
     )
     return 0
 

@@ -28,16 +28,17 @@ frequent first. The look-up is one gather from a 2**24-entry table indexed by th
 Preparation (:func:`prepare`)::
 
     python -m common.data.visible_korean prepare --dataset-dir DIR --out OUT \\
-        [--val-fraction 0.2] [--quality-check 4] [--block-size 50] [--seed 0] [--unknown-colours error]
+        [--test-fraction 0.2] [--val-fraction 0.2] [--quality-check 4] [--block-size 50] [--seed 0]
+        [--unknown-colours error]
 
 It checks every slice pair (both files present, 8-bit RGB PNG, same H x W), converts every segmentation and
 writes ``OUT/labels/<name>.png`` (uint8 label map, same H x W as the photograph, values in {0, 1, 2}), then
 ``OUT/datalist.json`` last. All problems of all files are gathered into one error raised after the scan; an old
 ``datalist.json`` is removed before the scan, so a failed run never leaves a datalist behind, and every file is
-written atomically (temporary file, then rename). The datalist holds ``training``, ``validation`` and
+written atomically (temporary file, then rename). The datalist holds ``test``, ``training``, ``validation`` and
 ``quality_check`` lists of ``{"image": ..., "label": ...}`` with absolute paths
 (``monai.data.load_decathlon_datalist`` accepts any ``base_dir``), plus ``labels`` (decathlon style
-``{"0": "background", ...}``), the split arguments, ``dataset_dir``, ``colour_table_sha256`` and
+``{"0": "background", ...}``), the split arguments, ``dataset_dir``, ``colour_table_sha256`` and ``num_test`` /
 ``num_training`` / ``num_validation`` / ``num_quality_check``. The same inputs and arguments give byte-identical
 outputs.
 
@@ -45,12 +46,15 @@ Bundle inputs: :func:`load_datalist` reads one list of the prepared ``datalist.j
 :func:`image_datalist` builds the inference list from one photograph or a folder of photographs; both check that
 the files exist and name what is missing.
 
-Split (:func:`split_slices`): the seminar trains on 80 % of the slices and validates on 20 %. Adjacent 1 mm slices
+Split (:func:`split_slices`): the seminar trains on 80 % of the slices and validates on 20 %; a validation score
+chooses the model, so the bundle first holds out a test share (default 20 %) that no training run and no model
+selection sees, and splits the rest 80/20. Adjacent 1 mm slices
 are near-duplicates, so a random per-slice split puts a near-copy of almost every validation slice into training
 and overstates the scores. Slices are therefore grouped into blocks of ``block_size`` consecutive slice numbers
 (default 50, 5 cm of body), the blocks are put in a seed-dependent order (a SHA-256 hash of ``seed`` and block
-index, the same on every platform), and the slices are taken in that order: the first
-``quality_check + round(val_fraction * (n - quality_check))`` are held out, the rest are training. Only slices next
+index, the same on every platform), and the slices are taken in that order: the first ``round(test_fraction * n)``
+are the test slices, the next ``quality_check + round(val_fraction * rest)`` are held out for validation and the
+quality check, the rest are training. Only slices next
 to a block boundary still have a near-duplicate on the other side. ``--block-size 1`` gives the random per-slice
 split. The ``quality_check`` slices (default 4: one 2 x 2 figure for a visual check, 0.2 % of the 1702 slices of
 the whole-body set) are spread evenly over the held-out slices, so they lie in different blocks, and are excluded
@@ -162,6 +166,7 @@ DATALIST_NAME = "datalist.json"
 UNKNOWN_COLOUR_POLICIES: tuple[str, ...] = ("error", "background")
 
 DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_QUALITY_CHECK = 4
 DEFAULT_BLOCK_SIZE = 50
 DEFAULT_SIZE = 256
@@ -619,35 +624,42 @@ def split_slices(
     quality_check: int = DEFAULT_QUALITY_CHECK,
     seed: int = 0,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> dict[str, list[int]]:
-    """Block-wise split of slice numbers into training, validation and quality-check slices (module docstring).
+    """Block-wise split of slice numbers into test, training, validation and quality-check slices (module docstring).
 
     Args:
         numbers: distinct slice numbers.
-        val_fraction: fraction of the slices other than the quality-check ones that go to validation, in (0, 1);
-            rounded half up, at least one slice each for training and validation.
+        val_fraction: fraction of the slices other than the test and quality-check ones that go to validation, in
+            (0, 1); rounded half up, at least one slice each for training and validation.
         quality_check: number of held-out slices for visual checks, in neither training nor validation.
         seed: the block order.
         block_size: slices with ``number // block_size`` equal form a block; 1 gives a per-slice random split.
+        test_fraction: fraction of all slices held out as test slices, in [0, 1); rounded half up, at least one
+            when positive. They are never trained on and never used for model selection.
 
     Returns:
-        ``{"training": [...], "validation": [...], "quality_check": [...]}``, each sorted by slice number.
+        ``{"test": [...], "training": [...], "validation": [...], "quality_check": [...]}``, each sorted by slice
+        number.
     """
     numbers = sorted(int(n) for n in numbers)
     if len(set(numbers)) != len(numbers):
         raise VKDataError("Slice numbers must be distinct.")
     if not 0 < val_fraction < 1:
         raise VKDataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
+    if not 0 <= test_fraction < 1:
+        raise VKDataError(f"test_fraction must be in [0, 1), got {test_fraction}.")
     if int(quality_check) != quality_check or quality_check < 0:
         raise VKDataError(f"quality_check must be an integer >= 0, got {quality_check}.")
     if int(block_size) != block_size or block_size < 1:
         raise VKDataError(f"block_size must be an integer >= 1, got {block_size}.")
     quality_check, block_size = int(quality_check), int(block_size)
-    rest = len(numbers) - quality_check
+    n_test = max(math.floor(test_fraction * len(numbers) + 0.5), 1) if test_fraction > 0 else 0
+    rest = len(numbers) - n_test - quality_check
     if rest < 2:
         raise VKDataError(
-            f"{len(numbers)} slice(s) cannot give {quality_check} quality-check slice(s) plus at least one training "
-            "and one validation slice."
+            f"{len(numbers)} slice(s) cannot give {n_test} test and {quality_check} quality-check slice(s) plus at "
+            "least one training and one validation slice."
         )
     n_val = min(max(math.floor(val_fraction * rest + 0.5), 1), rest - 1)
 
@@ -655,10 +667,12 @@ def split_slices(
     for n in numbers:
         blocks.setdefault(n // block_size, []).append(n)
     ordered = [n for b in sorted(blocks, key=lambda b: _block_order_key(seed, b)) for n in blocks[b]]
+    test, ordered = ordered[:n_test], ordered[n_test:]
     held_out, training = ordered[: quality_check + n_val], ordered[quality_check + n_val :]
     # Evenly spaced over the held-out run, so the quality-check slices come from different blocks.
     qc_index = {int((i + 0.5) * len(held_out) / quality_check) for i in range(quality_check)}
     return {
+        "test": sorted(test),
         "training": sorted(training),
         "validation": sorted(n for i, n in enumerate(held_out) if i not in qc_index),
         "quality_check": sorted(held_out[i] for i in qc_index),
@@ -685,13 +699,14 @@ def prepare(
     block_size: int = DEFAULT_BLOCK_SIZE,
     unknown: str = "error",
     verbose: bool = False,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> dict[str, Any]:
     """Write ``out/labels/<name>.png`` for every slice and then ``out/datalist.json`` (module docstring).
 
     Args:
         dataset_dir: a VK dataset folder (module docstring).
         out: output folder (created if missing); may be ``dataset_dir`` itself.
-        val_fraction, quality_check, seed, block_size: see :func:`split_slices`.
+        val_fraction, quality_check, seed, block_size, test_fraction: see :func:`split_slices`.
         unknown: ``"error"`` stops when any segmentation holds a colour in no row of the table; ``"background"``
             maps such colours to 0, logs one warning and records the files in the datalist.
         verbose: print progress every 100 slices and a summary.
@@ -709,7 +724,7 @@ def prepare(
     slices = list_slices(root)
     table_path = root / COLOUR_TABLE_NAME
     coding = ColourCoding.from_file(table_path)
-    split = split_slices([s.number for s in slices], val_fraction, quality_check, seed, block_size)
+    split = split_slices([s.number for s in slices], val_fraction, quality_check, seed, block_size, test_fraction)
 
     out_dir = Path(out).expanduser().resolve()
     label_dir = out_dir / "labels"
@@ -761,19 +776,22 @@ def prepare(
         ]
 
     datalist: dict[str, Any] = {
-        "description": "Visible Korean bone and muscle label maps with a block-wise training/validation split "
+        "description": "Visible Korean bone and muscle label maps with a block-wise test/training/validation split "
         "and a held-out quality-check list; written by python -m common.data.visible_korean prepare.",
         "labels": {str(v): k for k, v in VK_LABELS.items()},
         "dataset_dir": str(root),
         "colour_table_sha256": _colour_table_sha256(table_path),
         "seed": int(seed),
         "val_fraction": float(val_fraction),
+        "test_fraction": float(test_fraction),
         "block_size": int(block_size),
         "unknown_colours": unknown,
         "files_with_unknown_colours": [s.name for s, _ in with_unknown],
         "num_training": len(split["training"]),
         "num_validation": len(split["validation"]),
         "num_quality_check": len(split["quality_check"]),
+        "num_test": len(split["test"]),
+        "test": items(split["test"]),
         "training": items(split["training"]),
         "validation": items(split["validation"]),
         "quality_check": items(split["quality_check"]),
@@ -782,7 +800,8 @@ def prepare(
     if verbose:
         print(
             f"prepare: wrote {len(slices)} label maps to {label_dir} and {out_dir / DATALIST_NAME}: "
-            f"{datalist['num_training']} training, {datalist['num_validation']} validation, "
+            f"{datalist['num_test']} test, {datalist['num_training']} training, "
+            f"{datalist['num_validation']} validation, "
             f"{datalist['num_quality_check']} quality-check slices (seed {seed}, blocks of {block_size})",
             flush=True,
         )
@@ -806,7 +825,7 @@ _PREPARE_HINT = "python -m common.data.visible_korean prepare --dataset-dir DIR 
 
 
 def load_datalist(path: str | os.PathLike, key: str = "training") -> list[dict[str, str]]:
-    """The ``key`` list (``training``, ``validation`` or ``quality_check``) of a datalist written by :func:`prepare`.
+    """The ``key`` list (``training``, ``validation``, ``test``, ``quality_check``) of a datalist from :func:`prepare`.
 
     Relative paths are resolved against the datalist's folder (``prepare`` writes absolute ones).
 
@@ -830,9 +849,10 @@ def load_datalist(path: str | os.PathLike, key: str = "training") -> list[dict[s
     items = datalist.get(key) if isinstance(datalist, dict) else None
     if not isinstance(items, list) or not items:
         found = sorted(k for k, v in datalist.items() if isinstance(v, list)) if isinstance(datalist, dict) else []
+        hint = " Re-run prepare (its --test-fraction holds out test slices)." if key == "test" else ""
         raise VKDataError(
             f"Datalist '{path}' has no {key!r} items; expected a non-empty list of {{'image': ..., 'label': ...}} "
-            f"under {key!r} (lists found: {', '.join(found) or 'none'})."
+            f"under {key!r} (lists found: {', '.join(found) or 'none'}).{hint}"
         )
     resolved, missing = [], []
     for i, item in enumerate(items):
@@ -942,6 +962,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"validation fraction of the non-quality-check slices (default {DEFAULT_VAL_FRACTION})",
     )
     p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=DEFAULT_TEST_FRACTION,
+        help=f"share of the slices held out as test slices, never trained on (default {DEFAULT_TEST_FRACTION})",
+    )
+    p.add_argument(
         "--quality-check",
         type=int,
         default=DEFAULT_QUALITY_CHECK,
@@ -972,6 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             block_size=args.block_size,
             unknown=args.unknown_colours,
             verbose=True,
+            test_fraction=args.test_fraction,
         )
     except VKDataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,16 +6,14 @@ notes ``brats_methods.md`` sections 1.3-1.5. :class:`MTCMKDTrainer` is a MONAI `
 ``network``/``optimizer`` are the student's, so MONAI handlers (validation, checkpoints, stats, LR schedules) see an
 ordinary trainer, and a bundle config builds it like one.
 
-Protocol helpers of the ``mtcm_kd_t1ce_student`` bundle live here too, next to the trainer they serve:
-:func:`init_student_weights` (the authors' Xavier initialisation of the student) and :func:`read_fold` (a fold of
-either the repository's split file or the authors' ``data_splits/folds_data.json``).
+A protocol helper of the ``mtcm_kd_t1ce_student`` bundle lives here too, next to the trainer it serves:
+:func:`init_student_weights` (the authors' Xavier initialisation of the student). Split files of either format are
+read by :func:`common.data.brats.read_split`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -31,14 +29,13 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
-from common.data.brats import DEFAULT_MODALITIES, BratsDataError, BratsFileNotFoundError, brats_datalist, load_fold
 from common.losses.distillation import KD_REDUCTIONS, PerformanceTeacherWeights, kd_loss, whole_tumor_dice
 from common.losses.segmentation import DiceJaccardCELoss
 from common.networks.mtcm_kd import TeacherFeatures
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
-__all__ = ["MTCMKDTrainer", "TeacherStepOutput", "init_student_weights", "read_fold", "unwrap"]
+__all__ = ["MTCMKDTrainer", "TeacherStepOutput", "init_student_weights", "unwrap"]
 
 # The teachers' fused features and the student's distilled deep-supervision head are the decoder level at 1/2
 # resolution (64 channels at 64^3 upstream): ``forward_features(x)[1][1]`` and ``student(x)[1]``.
@@ -570,104 +567,3 @@ def init_student_weights(network: nn.Module) -> nn.Module:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return network
-
-
-_AUTHORS_KEYS = ("train_samples", "valid_samples")
-
-
-def read_fold(
-    split_file: str | os.PathLike,
-    dataset_dir: str | os.PathLike,
-    fold: int,
-    modalities: Sequence[str] = DEFAULT_MODALITIES,
-    test_fold: int | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(train_items, val_items, test_items)`` from a split file in the repository's or the MTCM-KD authors' format.
-
-    ``fold`` is the validation fold (model selection) and ``test_fold``, when given, a held-out fold: its cases are
-    left out of training and returned as ``test_items`` (otherwise ``[]``). Both count from 0 in the file's fold
-    order; negative values count from the last fold (``-1``: the last).
-
-    - The repository's format (``python -m common.data.brats make-split``; an object with a ``training`` list) is
-      read by :func:`common.data.brats.load_fold`. Its ``modalities``, when recorded, must equal ``modalities``:
-      they are the channel order the networks are trained on.
-    - The authors' ``data_splits/folds_data.json`` (RhineLT/mtcm-kd) is a list with one
-      ``{"train_samples": [case ids], "valid_samples": [case ids]}`` object per fold. The cases are looked up in
-      ``dataset_dir`` (:func:`common.data.brats.brats_datalist`, either BraTS naming) and their images stacked in the
-      order of ``modalities``.
-
-    Items are ``{"image": [one path per modality], "label": path, "case": id, ...}``.
-
-    Raises:
-        BratsFileNotFoundError: the split file or a listed case is missing (up to ten are named).
-        BratsDataError: the file is neither format, has no such fold, records other modalities, or the test fold is
-            the validation fold.
-    """
-    path = os.path.expanduser(str(split_file))
-    modalities = list(modalities)
-    if not os.path.isfile(path):
-        raise BratsFileNotFoundError(
-            f"Split file '{path}' does not exist; make one with 'python -m common.data.brats make-split "
-            "--dataset-dir D --out F', or use the MTCM-KD authors' data_splits/folds_data.json."
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            split = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BratsDataError(f"Split file '{path}' is not valid JSON: {e}") from e
-
-    if isinstance(split, dict):
-        recorded = split.get("modalities")
-        if recorded is not None and list(recorded) != modalities:
-            raise BratsDataError(
-                f"Split file '{path}' stacks the modalities {list(recorded)}, but this bundle's channels are "
-                f"{modalities}; remake it with --modalities {' '.join(modalities)}."
-            )
-        entries = split.get("training")
-        folds = sorted({int(e["fold"]) for e in entries if isinstance(e, dict) and "fold" in e}) if entries else []
-
-        def fold_items(k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            return load_fold(path, dataset_dir, k)
-
-    else:
-        authors_format = isinstance(split, list) and all(
-            isinstance(entry, dict) and all(isinstance(entry.get(k), list) for k in _AUTHORS_KEYS) for entry in split
-        )
-        if not authors_format or not split:
-            raise BratsDataError(
-                f"Split file '{path}' is in neither known format: expected the repository's "
-                '{"training": [{"fold": k, "image": [...], "label": ...}, ...]} or the MTCM-KD authors\' '
-                '[{"train_samples": [case ids], "valid_samples": [case ids]}, ...] (one object per fold).'
-            )
-        folds = list(range(len(split)))
-        cases = {item["case"]: item for item in brats_datalist(dataset_dir, modalities)}
-
-        def fold_items(k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            wanted = [split[k][key] for key in _AUTHORS_KEYS]
-            missing = [case for ids in wanted for case in ids if case not in cases]
-            if missing:
-                shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-                raise BratsFileNotFoundError(
-                    f"Split file '{path}' lists {len(missing)} case(s) of fold {k} that are not case folders of "
-                    f"'{dataset_dir}': {shown}."
-                )
-            return [dict(cases[c]) for c in wanted[0]], [dict(cases[c]) for c in wanted[1]]
-
-    def resolve(k: int, what: str) -> int:
-        k = int(k)  # config and command-line values may arrive as strings
-        if not folds or not -len(folds) <= k < len(folds):
-            raise BratsDataError(f"Split file '{path}' has folds {folds}; got {what} {k}.")
-        return folds[k]
-
-    fold = resolve(fold, "fold")
-    train, val = fold_items(fold)
-    if test_fold is None:
-        return train, val, []
-    test_fold = resolve(test_fold, "test_fold")
-    if test_fold == fold:
-        raise BratsDataError(
-            f"test_fold {test_fold} is the validation fold of split file '{path}'; hold out another fold."
-        )
-    test = fold_items(test_fold)[1]
-    held_out = {item["case"] for item in test}
-    return [item for item in train if item["case"] not in held_out], val, test
