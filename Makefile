@@ -52,6 +52,20 @@ $(MONAILABEL_STAMP): requirements-monailabel.txt
 	$(MONAILABEL_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-monailabel.txt
 	touch $@
 
+# The official BraTS evaluation package (brats-evaluation, on panoptica) in an environment of its own
+# (requirements-brats-eval.txt says why), for tests/test_brats_metrics.py; rebuilt only when that file changes.
+BRATS_EVAL_VENV := .venv-brats-eval
+BRATS_EVAL_STAMP := $(BRATS_EVAL_VENV)/.requirements-installed
+.PHONY: brats-eval-env
+brats-eval-env: $(BRATS_EVAL_STAMP)
+test-integration: brats-eval-env
+
+$(BRATS_EVAL_STAMP): requirements-brats-eval.txt
+	test -x $(BRATS_EVAL_VENV)/bin/python || $(PYTHON) -m venv $(BRATS_EVAL_VENV)
+	$(BRATS_EVAL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BRATS_EVAL_VENV)/bin/python -m pip install --quiet -r requirements-brats-eval.txt
+	touch $@
+
 # Longer runs that train to a quality bar on phantoms.
 test-slow: setup
 	$(PY) -m pytest -m slow

@@ -20,7 +20,9 @@ receives the standard ids ``bundle_root``, ``dataset_dir``, ``ckpt_dir``, ``outp
 so a section can refer to prepared files as ``"$@demo_work_dir + '/datalist.json'"``. The three stages run as
 ``python -m monai.bundle run`` from the repository root, exactly as the README tells users to.
 
-Output: ``<out>/report.md``; per bundle ``<out>/<name>/metrics.json`` (from the evaluation's MetricsSaver),
+Output: ``<out>/report.md``; per bundle ``<out>/<name>/metrics.json`` (the evaluation's MetricsSaver files, read by
+``common.metrics.summarize_metrics``: a metric without any finite case is null and the report prints it as
+``n/a (0 of N cases)``),
 ``training_curve.png`` (from the TensorBoard events of training), ``overlay_<case>.png`` (image, ground truth,
 prediction side by side), and ``logs/``. The numbers are phantom results and say nothing about real data.
 """
@@ -40,7 +42,7 @@ import zoo
 
 sys.path.insert(0, str(zoo.REPO_ROOT))
 from common.io import atomic_write_json  # noqa: E402
-from common.metrics import read_metrics_csv  # noqa: E402
+from common.metrics import format_metric, summarize_metrics  # noqa: E402
 
 STAGES = ("train", "evaluate", "inference")
 STAGE_CONFIGS = {
@@ -213,7 +215,10 @@ def run_bundle(
         timings[stage] = round(zoo.monai_bundle_run(configs, log_file=logs / f"{stage}.log"), 1)
         print(f"{step} {bundle.name}: {stage} done in {timings[stage]:.1f} s", flush=True)
 
-    summary["metrics"] = read_metrics_csv(out / "evaluate" / "metrics.csv")
+    evaluation = summarize_metrics(out / "evaluate")  # MONAI's 0 for a metric without any finite case becomes None
+    summary["metrics"] = evaluation["metrics"]
+    summary["metric_counts"] = evaluation["counts"]
+    summary["cases"] = evaluation["cases"]
     atomic_write_json(out / "metrics.json", summary)
     plot_training_curve(read_scalars(out / "train"), bundle.name, out / "training_curve.png")
     overlay_spec = spec["overlay"]
@@ -255,7 +260,10 @@ def write_report(out_root: Path, summaries: list[dict], failures: dict[str, str]
         lines += ["|---" * 7 + "|"]
         for s in summaries:
             t = s["timings_s"]
-            metrics = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in s["metrics"].items())
+            counts = s.get("metric_counts", {})
+            metrics = ", ".join(
+                f"{k} {format_metric(v, counts.get(k), s.get('cases'), digits=3)}" for k, v in s["metrics"].items()
+            )
             lines.append(
                 f"| {s['bundle']} | {s['version']} | {t['data']} | {t['train']} | {t['evaluate']} "
                 f"| {t['inference']} | {metrics} |"

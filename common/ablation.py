@@ -31,7 +31,8 @@ recorded with its log and the study goes on; the command exits non-zero if any r
 
 The results table (``<out>/results.csv`` and ``<out>/results.md``) has one row per run: axis, setting,
 parameter count, training and evaluation wall time, and every aggregated metric of the evaluation's
-``metrics_summary.json`` (``common.metrics.write_metrics_summary``).
+``metrics_summary.json`` (``common.metrics.write_metrics_summary``), printed by ``common.metrics.format_metric``: a
+metric with no finite case reads ``n/a (0 of N cases)``, never 0.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ from typing import Any
 
 from common.bundle_run import monai_bundle_run
 from common.io import atomic_write_bytes, atomic_write_json
+from common.metrics.summary import format_metric
 
-__all__ = ["Run", "load_grid", "expand_grid", "run_study", "count_parameters", "results_table", "main"]
+__all__ = ["Run", "load_grid", "expand_grid", "read_structured", "run_study", "count_parameters", "results_table"]
 
 MODES = ("one_at_a_time", "full")
 BASELINE = "baseline"
@@ -69,7 +71,8 @@ class Run:
     overlay: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_structured(path: Path) -> Any:
+def read_structured(path: Path) -> Any:
+    """A JSON or YAML file's content (by its suffix); a malformed file raises ``ValueError`` naming it."""
     text = path.read_text()
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
@@ -92,7 +95,7 @@ def load_grid(path: str | os.PathLike) -> dict[str, Any]:
         ValueError: naming the file and the axis for anything malformed.
     """
     path = Path(path)
-    grid = _read_structured(path)
+    grid = read_structured(path)
     if not isinstance(grid, dict) or not isinstance(grid.get("axes"), dict) or not grid["axes"]:
         raise ValueError(f"{path}: expected an object with a non-empty 'axes' object")
     mode = grid.get("mode", "one_at_a_time")
@@ -182,11 +185,11 @@ def count_parameters(
     return int(sum(p.numel() for p in network.parameters()))
 
 
-def _evaluation_metrics(output_dir: Path) -> dict[str, float | None]:
+def _evaluation_summary(output_dir: Path) -> dict[str, Any]:
     summary = output_dir / "metrics_summary.json"
     if not summary.is_file():
         raise FileNotFoundError(f"{summary}: the evaluation wrote no metrics summary")
-    return dict(json.loads(summary.read_text())["metrics"])
+    return json.loads(summary.read_text())
 
 
 def _describe(error: BaseException) -> str:
@@ -239,7 +242,10 @@ def run_study(
             stack = [bundle_root / c for c in evaluate_configs] + [run_dir / "overlay.json"]
             seconds = monai_bundle_run(stack, cwd=bundle_root, log_file=run_dir / "evaluate.log")
             record["eval_seconds"] = round(seconds, 1)
-            record["metrics"] = _evaluation_metrics(run_dir / "eval")
+            evaluation = _evaluation_summary(run_dir / "eval")
+            record["metrics"] = dict(evaluation["metrics"])
+            record["metric_counts"] = dict(evaluation.get("counts", {}))  # finite cases per metric
+            record["cases"] = evaluation.get("cases")
             record["status"] = "ok"
         except Exception as e:  # one failed configuration must not stop the study
             record["status"] = "failed"
@@ -267,7 +273,8 @@ def results_table(results: Sequence[Mapping[str, Any]], axes: Sequence[str]) -> 
         settings = r.get("settings", {})
         row = [r["run"], *(settings.get(a, "(default)") for a in axes)]
         row += [_format(r.get(k)) for k in ("parameters", "train_seconds", "eval_seconds", "status")]
-        row += [_format(r.get("metrics", {}).get(m)) for m in metric_names]
+        counts = r.get("metric_counts", {})
+        row += [format_metric(r.get("metrics", {}).get(m), counts.get(m), r.get("cases")) for m in metric_names]
         rows.append(row)
     return header, rows
 
@@ -303,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         grid = load_grid(args.grid)
         for extra in args.base:
-            base = _read_structured(Path(extra))
+            base = read_structured(Path(extra))
             if not isinstance(base, dict):
                 raise ValueError(f"{extra}: expected an object of config overrides")
             grid["base"] = _merge(grid["base"], base)

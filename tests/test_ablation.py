@@ -12,7 +12,7 @@ import pytest
 import zoo
 from conftest import REPO_ROOT
 
-from common.ablation import count_parameters, expand_grid, load_grid
+from common.ablation import count_parameters, expand_grid, load_grid, results_table
 from common.data.brats import write_split_file
 from common.synthetic.brats import generate_brats
 
@@ -97,6 +97,25 @@ def test_the_bundle_grid_covers_every_studied_axis():
         "network",
     }
     assert set(grid["axes"]["activation"]["settings"]) == {"relu", "leakyrelu", "prelu", "gelu", "mish", "silu"}
+
+
+def test_results_table_prints_n_a_for_a_metric_without_any_finite_case():
+    results = [
+        {
+            "run": "baseline",
+            "settings": {},
+            "parameters": 10,
+            "status": "ok",
+            "metrics": {"val_dice_et": None, "val_dice_wt": 0.8},
+            "metric_counts": {"val_dice_et": 0, "val_dice_wt": 3},
+            "cases": 3,
+        },
+        {"run": "act=tanhh", "settings": {"act": "tanhh"}, "status": "failed"},
+    ]
+    header, rows = results_table(results, ["act"])
+    assert header[-2:] == ["val_dice_et", "val_dice_wt"]
+    assert rows[0][-2:] == ["n/a (0 of 3 cases)", "0.8000"]
+    assert rows[1][-2:] == ["n/a", "n/a"], "a failed run has no metrics, and no 0 either"
 
 
 def test_segresnet_baseline_is_the_model_zoo_network():

@@ -88,7 +88,9 @@ def test_evaluation_writes_per_case_dice_and_hd95(trained):
     assert json.loads((root / "val" / "metrics_summary.json").read_text())["cases"] == 2  # fold 0 of 3 cases
     no_test = root / "no_test.json"
     no_test.write_text(json.dumps({**json.loads((root / "datalist.json").read_text()), "testing": []}))
-    overlay = _overlay(root / "no_test_eval.json", {**settings, "split_file": str(no_test), "output_dir": str(root / "x")})
+    overlay = _overlay(
+        root / "no_test_eval.json", {**settings, "split_file": str(no_test), "output_dir": str(root / "x")}
+    )
     with pytest.raises(RuntimeError):
         zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", overlay], log_file=root / "x.log")
     assert f"error: '{no_test}' holds no test cases" in (root / "x.log").read_text()

@@ -80,14 +80,46 @@ def test_evaluation_writes_per_image_bone_and_muscle_dice_and_hd95(trained):
     overlay = _overlay(root / "eval.json", {**settings, "output_dir": str(root / "eval")})
     zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", overlay], log_file=root / "eval.log")
     summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
-    validation = json.loads((root / "prepared" / "datalist.json").read_text())["validation"]
-    assert summary["cases"] == len(validation) == 2
-    for metric in ("val_dice_bone", "val_dice_muscle", "val_hd95_bone", "val_hd95_muscle", "val_mean_dice"):
+    test = json.loads((root / "prepared" / "datalist.json").read_text())["test"]
+    assert summary["cases"] == len(test) == 2  # the held-out test slices, not the model-selection ones
+    for metric in ("val_dice_bone", "val_dice_muscle", "val_hd95_bone_px", "val_hd95_muscle_px", "val_mean_dice"):
         assert metric in summary["metrics"]
         with open(root / "eval" / f"{metric}_raw.csv") as f:
             rows = list(csv.DictReader(f))
-        assert sorted(row["filename"] for row in rows) == sorted(item["image"] for item in validation)
+        assert sorted(row["filename"] for row in rows) == sorted(item["image"] for item in test)
     assert 0.0 <= summary["metrics"]["val_mean_dice"] <= 1.0
+
+
+def test_hd95_in_mm_scales_grid_pixels_by_the_photographs_pixel_size(trained):
+    """pixel_spacing_mm swaps val_hd95_*_px for val_hd95_*_mm: grid pixels x source pixels per grid pixel x mm."""
+    root, settings = trained["root"], trained["settings"]
+    overlay = _overlay(
+        root / "eval_mm.json",
+        {
+            **settings,
+            "output_dir": str(root / "eval_mm"),
+            "pixel_spacing_mm": [0.5, 0.5],
+            "validate#additional_metrics#val_hd95_bone_px#_disabled_": False,  # both units, to compare them
+        },
+    )
+    zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", overlay], log_file=root / "eval_mm.log")
+    out = root / "eval_mm"
+    assert not (out / "val_hd95_muscle_px_raw.csv").exists()
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert {"val_hd95_bone_mm", "val_hd95_muscle_mm"} <= set(summary["counts"])
+
+    def per_image(name: str) -> dict[str, float]:
+        with open(out / f"{name}_raw.csv") as f:
+            return {row["filename"]: float(row["class0"]) for row in csv.DictReader(f)}
+
+    px, mm = per_image("val_hd95_bone_px"), per_image("val_hd95_bone_mm")
+    assert px.keys() == mm.keys() and px
+    # a 64 x 96 (H x W) photograph becomes 43 x 64 on the grid: a grid pixel is 96/64 = 1.5 source pixels across
+    # and 64/43 = 1.488 along the height, so 0.744 to 0.75 mm at 0.5 mm per source pixel
+    for name in px:
+        assert np.isnan(px[name]) == np.isnan(mm[name])
+        if not np.isnan(px[name]) and px[name] > 0:
+            assert 0.5 * 64 / 43 - 1e-3 <= mm[name] / px[name] <= 0.75 + 1e-3, (name, px[name], mm[name])
 
 
 def test_postprocessing_puts_a_prediction_back_on_the_photograph(tmp_path, trained):

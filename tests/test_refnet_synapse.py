@@ -41,6 +41,7 @@ from common.data.btcv import (
     synapse_split,
 )
 from common.metrics.refinement import refinement_table, write_refinement_table
+from common.metrics.synapse import transunet_case_metrics
 from common.refinement_data import (
     corrupted_gt_items,
     load_refinement_datalist,
@@ -288,16 +289,19 @@ def test_refinement_table_averages_cases_and_skips_empty_classes(tmp_path):
     dice_refined = [[0.95] + [0.6] * 12, [0.95] + [0.8] * 12]
     _write_raw_csv(tmp_path / "raw_dice_raw.csv", dice_raw)
     _write_raw_csv(tmp_path / "refined_dice_raw.csv", dice_refined)
-    _write_raw_csv(tmp_path / "raw_hd95_raw.csv", [[4.0] * 12, [6.0] * 12])
-    _write_raw_csv(tmp_path / "refined_hd95_raw.csv", [[2.0] * 12, [2.0] * 12])
+    _write_raw_csv(tmp_path / "raw_hd95_mm_raw.csv", [[4.0] * 12, [6.0] * 12])
+    _write_raw_csv(tmp_path / "refined_hd95_mm_raw.csv", [[2.0] * 12, [math.nan] * 11 + [2.0]])
     csv_path, md_path = write_refinement_table(tmp_path)
     rows = {r["class"]: r for r in csv.DictReader(open(csv_path))}
     assert float(rows["spleen"]["raw Dice"]) == pytest.approx(0.6)
     assert float(rows["adrenal glands"]["raw Dice"]) == pytest.approx(0.5)  # the NaN case left out
-    assert float(rows["spleen"]["raw HD95"]) == pytest.approx(5.0) and rows["background"]["raw HD95"] == ""
+    assert float(rows["spleen"]["raw HD95 (mm)"]) == pytest.approx(5.0) and rows["background"]["raw HD95 (mm)"] == "n/a"
+    assert float(rows["spleen"]["refined HD95 (mm)"]) == pytest.approx(2.0)  # the NaN case left out
     assert float(rows["spleen"]["improvement (%)"]) == pytest.approx(100 * (0.7 - 0.6) / 0.6, rel=1e-5)
     text = md_path.read_text()
     assert "mean over 2 case(s)" in text and "| **mean (12 organs)** |" in text
+    assert "HD95: 95th-percentile Hausdorff distance in mm" in text
+    assert "| background | 0.9000 | 0.9500 | 5.56 | 0.0500 | n/a | n/a |" in text, "no value prints n/a, not nan or 0"
     _write_raw_csv(tmp_path / "raw_dice_raw.csv", [[0.5] * 5])
     with pytest.raises(ValueError, match="has 5 class columns; expected 13"):
         refinement_table(tmp_path)
@@ -403,8 +407,24 @@ def test_evaluation_tabulates_raw_vs_refined_dice(pipeline):
     assert float(rows["liver"]["raw Dice"]) == pytest.approx(np.mean(liver), abs=1e-4)
     assert 0 <= float(rows["mean (12 organs)"]["refined Dice"]) <= 1
     summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
-    assert summary["cases"] == 2 and "raw_dice" in summary["metrics"] and "refined_hd95" in summary["metrics"]
+    assert summary["cases"] == 2 and "raw_dice" in summary["metrics"] and "refined_hd95_mm" in summary["metrics"]
+    assert summary["counts"]["raw_synapse8_dice"] == 2
     assert "| **mean (12 organs)** |" in (root / "eval" / "refinement_table.md").read_text()
+    # the 8-organ Synapse table: TransUNet's per-case rules and medpy's HD95 in mm, from the files and their zooms
+    synapse8 = {(r["model"], r["metric"]): r for r in csv.DictReader(open(root / "eval" / "synapse8_table.csv"))}
+    dice, hd95 = [], []
+    for entry in datalist["test"]:
+        label = nib.load(str(entry["label"]))
+        truth, base = btcv_to_synapse12(np.asarray(label.dataobj)) == 6, _ids(Path(entry["base"])) == 6
+        case_dice, case_hd95 = transunet_case_metrics(base, truth, spacing=label.header.get_zooms()[:3])
+        dice.append(case_dice)
+        hd95.append(case_hd95)
+    raw = "base model (raw)"
+    assert float(synapse8[raw, "Dice"]["liver"]) == pytest.approx(np.mean(dice), abs=1e-4)
+    assert float(synapse8[raw, "HD95"]["liver"]) == pytest.approx(np.mean(hd95), abs=1e-3)
+    assert synapse8[raw, "HD95"]["unit"] == "mm" and int(synapse8[raw, "Dice"]["cases"]) == 2
+    assert float(synapse8[raw, "Dice"]["mean"]) == pytest.approx(summary["metrics"]["raw_synapse8_dice"], abs=1e-4)
+    assert "| model | DSC (%) | HD95 (mm) |" in (root / "eval" / "synapse8_table.md").read_text()
 
 
 def test_inference_turns_a_ct_into_a_refined_label_map_with_its_affine(pipeline, tmp_path):

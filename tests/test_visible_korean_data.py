@@ -443,7 +443,7 @@ def test_prepare_end_to_end(phantoms, tmp_path):
 
 def test_prepare_defaults(phantoms, tmp_path):
     datalist = vk.prepare(phantoms, tmp_path)
-    # 12 slices: round(0.2 * 12) = 2 test, 4 quality-check slices (the default), round(0.2 * 6) = 1 validation, 5 training
+    # 12 slices: round(0.2 * 12) = 2 test, 4 quality-check (the default), round(0.2 * 6) = 1 validation, 5 training
     counts = [datalist[f"num_{k}"] for k in ("test", "training", "validation", "quality_check")]
     assert counts == [2, 5, 1, 4]
     assert datalist["block_size"] == 50 and datalist["unknown_colours"] == "error"

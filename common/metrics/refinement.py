@@ -1,18 +1,19 @@
 """Raw vs refined segmentation quality per organ, in the form of the RefNet paper's Table 2.
 
 The evaluation of bundle ``refnet_synapse`` (``configs/evaluate.json``) scores the base model's segmentation
-("raw") and RefNet's refinement of it ("refined") on the same test cases with MONAI's ``MeanDice`` and
-``HausdorffDistance`` handlers, and ``MetricsSaver`` writes one row per case and one column per class to
-``<name>_raw.csv``. :func:`write_refinement_table` reads four of those files,
+("raw") and RefNet's refinement of it ("refined") on the same test cases with MONAI's ``MeanDice`` handler and
+:class:`common.metrics.surface.HausdorffDistanceMM` (MONAI's ``HausdorffDistance`` with each case's voxel spacing),
+and ``MetricsSaver`` writes one row per case and one column per class to ``<name>_raw.csv``.
+:func:`write_refinement_table` reads four of those files,
 
 - ``raw_dice_raw.csv`` and ``refined_dice_raw.csv``: 3D Dice per class, background included (the paper's rows);
-- ``raw_hd95_raw.csv`` and ``refined_hd95_raw.csv``: 95th-percentile Hausdorff distance per organ, in voxels of
-  the evaluation grid (background excluded; optional),
+- ``raw_hd95_mm_raw.csv`` and ``refined_hd95_mm_raw.csv``: 95th-percentile Hausdorff distance per organ in mm,
+  MONAI's definition (the larger of the two directed 95th percentiles; background excluded; optional),
 
-averages every class over the cases (NaN, i.e. a class absent from both prediction and ground truth, is left out),
-and writes ``refinement_table.csv`` and ``refinement_table.md``::
+averages every class over the cases (NaN, i.e. a class absent from the prediction or the ground truth, is left
+out; a class with no finite case prints ``n/a``), and writes ``refinement_table.csv`` and ``refinement_table.md``::
 
-    | class | raw Dice | refined Dice | improvement (%) | change (Dice points) | raw HD95 | refined HD95 |
+    | class | raw Dice | refined Dice | improvement (%) | change (Dice points) | raw HD95 (mm) | refined HD95 (mm) |
 
 "improvement (%)" is the paper's column, the relative change ``100 * (refined - raw) / raw``. Two summary rows
 follow: the mean over the 12 organs and the mean over all 13 classes with background. In the paper, the "+1.27 %"
@@ -21,6 +22,9 @@ the relative change of the two averages), so the markdown states that figure too
 
 Whether a file includes background is read from its number of class columns: ``len(class_names)`` columns
 include it, one fewer exclude it.
+
+The standard 8-organ Synapse table that other papers report (TransUNet's protocol) is written next to this one by
+:func:`common.metrics.synapse.write_synapse8_table`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 
 from common.data.btcv import SYNAPSE12_LABELS
 from common.io import atomic_write_bytes
+from common.metrics.summary import format_metric
 
 __all__ = ["TABLE_COLUMNS", "read_per_class", "refinement_table", "write_refinement_table"]
 
@@ -43,8 +48,8 @@ TABLE_COLUMNS = (
     "refined Dice",
     "improvement (%)",
     "change (Dice points)",
-    "raw HD95",
-    "refined HD95",
+    "raw HD95 (mm)",
+    "refined HD95 (mm)",
 )
 
 
@@ -102,7 +107,7 @@ def refinement_table(
     num_classes = len(class_names)
     raw_dice, cases = read_per_class(out / f"{raw}_dice_raw.csv", num_classes)
     refined_dice, _ = read_per_class(out / f"{refined}_dice_raw.csv", num_classes)
-    hd95_files = (out / f"{raw}_hd95_raw.csv", out / f"{refined}_hd95_raw.csv")
+    hd95_files = (out / f"{raw}_hd95_mm_raw.csv", out / f"{refined}_hd95_mm_raw.csv")
     if all(f.is_file() for f in hd95_files):
         raw_hd95, refined_hd95 = (read_per_class(f, num_classes)[0] for f in hd95_files)
     else:
@@ -137,9 +142,7 @@ def refinement_table(
 
 
 def _cell(value: float | str, digits: int) -> str:
-    if isinstance(value, str):
-        return value
-    return "" if math.isnan(value) else f"{value:.{digits}f}"
+    return value if isinstance(value, str) else format_metric(value, digits=digits)
 
 
 def write_refinement_table(
@@ -159,12 +162,14 @@ def write_refinement_table(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(TABLE_COLUMNS)
     writer.writerows(
-        [[v if isinstance(v, str) else ("" if math.isnan(v) else f"{v:.6g}") for v in row] for row in rows]
+        [[v if isinstance(v, str) else (f"{v:.6g}" if math.isfinite(v) else "n/a") for v in row] for row in rows]
     )
     atomic_write_bytes(out / "refinement_table.csv", buffer.getvalue().encode())
     lines = [
         f"Raw (base model) vs refined (RefNet) segmentation, mean over {summary['cases']} case(s). Dice: 3D, per "
-        "class; HD95: 95th-percentile Hausdorff distance in voxels; improvement: 100 x (refined - raw) / raw.",
+        "class; HD95: 95th-percentile Hausdorff distance in mm (MONAI's definition, the larger of the two directed "
+        "95th percentiles; n/a: the organ missing from the prediction or the ground truth in every case); "
+        "improvement: 100 x (refined - raw) / raw. The standard 8-organ Synapse table is synapse8_table.md.",
         "",
         "| " + " | ".join(TABLE_COLUMNS) + " |",
         "|---|" + "---:|" * (len(TABLE_COLUMNS) - 1),
