@@ -40,14 +40,14 @@ PHANTOMS = Phantoms(
     40,
     (304, 512),
     ("common.data.visible_korean", "prepare", "--dataset-dir", "{dataset_dir}", "--out", "{out}",
-     "--quality-check", "8", "--block-size", "1", "--val-fraction", "0.1"),
+     "--quality-check", "8", "--block-size", "1", "--val-fraction", "0.1", "--test-fraction", "0"),
 )  # fmt: skip
 PHANTOMS_QUICK = Phantoms(
     "visible_korean",
     8,
     (64, 96),
     ("common.data.visible_korean", "prepare", "--dataset-dir", "{dataset_dir}", "--out", "{out}",
-     "--quality-check", "2", "--block-size", "1"),
+     "--quality-check", "2", "--block-size", "1", "--test-fraction", "0"),
 )  # fmt: skip
 
 

@@ -318,12 +318,12 @@ class Phantoms:
 
 PHANTOMS_FULL = {
     "brats": Phantoms("brats", 6, (240, 240, 155), ("common.data.brats", "make-split", "--dataset-dir", "{dataset_dir}",
-                      "--out", "{out}/datalist.json", "--folds", "4")),
+                      "--out", "{out}/datalist.json", "--folds", "4", "--test-fraction", "0")),
     "btcv": Phantoms("btcv", 4, (512, 512, 100), ("common.refinement_data", "corrupt-gt", "--dataset-dir",
                      "{dataset_dir}", "--out", "{out}", "--copies", "2", "--partial-split")),
     "visible_korean": Phantoms("visible_korean", 8, (1216, 2048), ("common.data.visible_korean", "prepare",
                                "--dataset-dir", "{dataset_dir}", "--out", "{out}", "--quality-check", "0",
-                               "--block-size", "1")),
+                               "--block-size", "1", "--test-fraction", "0")),
 }  # fmt: skip
 PHANTOMS_QUICK = {
     "brats": replace(PHANTOMS_FULL["brats"], cases=4, size=(40, 40, 32)),

@@ -219,6 +219,7 @@ def run_bundle(
     summary["metrics"] = evaluation["metrics"]
     summary["metric_counts"] = evaluation["counts"]
     summary["cases"] = evaluation["cases"]
+    summary["split"] = json.loads((out / "evaluate" / "metrics_summary.json").read_text()).get("split")
     atomic_write_json(out / "metrics.json", summary)
     plot_training_curve(read_scalars(out / "train"), bundle.name, out / "training_curve.png")
     overlay_spec = spec["overlay"]
@@ -256,8 +257,8 @@ def write_report(out_root: Path, summaries: list[dict], failures: dict[str, str]
     if not summaries and not failures:
         lines += ["No bundle is present under `bundles/` yet.", ""]
     if summaries:
-        lines += ["| bundle | version | data (s) | train (s) | evaluate (s) | inference (s) | metrics |"]
-        lines += ["|---" * 7 + "|"]
+        lines += ["| bundle | version | data (s) | train (s) | evaluate (s) | inference (s) | scored | metrics |"]
+        lines += ["|---" * 8 + "|"]
         for s in summaries:
             t = s["timings_s"]
             counts = s.get("metric_counts", {})
@@ -266,7 +267,8 @@ def write_report(out_root: Path, summaries: list[dict], failures: dict[str, str]
             )
             lines.append(
                 f"| {s['bundle']} | {s['version']} | {t['data']} | {t['train']} | {t['evaluate']} "
-                f"| {t['inference']} | {metrics} |"
+                f"| {t['inference']} | {' '.join(str(w) for w in (s.get('cases'), s.get('split')) if w)} cases "
+                f"| {metrics} |"
             )
         lines.append("")
     for name, error in failures.items():

@@ -56,7 +56,16 @@ from common.bundle_run import monai_bundle_run
 from common.io import atomic_write_bytes, atomic_write_json
 from common.metrics.summary import format_metric
 
-__all__ = ["Run", "load_grid", "expand_grid", "read_structured", "run_study", "count_parameters", "results_table"]
+__all__ = [
+    "Run",
+    "count_parameters",
+    "expand_grid",
+    "load_grid",
+    "read_structured",
+    "results_table",
+    "run_study",
+    "scored_split",
+]
 
 MODES = ("one_at_a_time", "full")
 BASELINE = "baseline"
@@ -246,6 +255,7 @@ def run_study(
             record["metrics"] = dict(evaluation["metrics"])
             record["metric_counts"] = dict(evaluation.get("counts", {}))  # finite cases per metric
             record["cases"] = evaluation.get("cases")
+            record["split"] = evaluation.get("split")  # which cases were scored: test or validation
             record["status"] = "ok"
         except Exception as e:  # one failed configuration must not stop the study
             record["status"] = "failed"
@@ -279,6 +289,12 @@ def results_table(results: Sequence[Mapping[str, Any]], axes: Sequence[str]) -> 
     return header, rows
 
 
+def scored_split(results: Sequence[Mapping[str, Any]]) -> str:
+    """The split the finished runs were scored on (``"test"``, ``"validation"``), or how they differ."""
+    splits = sorted({str(r.get("split")) for r in results if r.get("status") == "ok"})
+    return splits[0] if len(splits) == 1 else " / ".join(splits) or "(no finished run)"
+
+
 def write_tables(results: Sequence[Mapping[str, Any]], axes: Sequence[str], out: Path) -> tuple[Path, Path]:
     """Write ``results.csv`` and ``results.md`` under ``out`` (atomically)."""
     header, rows = results_table(results, axes)
@@ -287,7 +303,8 @@ def write_tables(results: Sequence[Mapping[str, Any]], axes: Sequence[str], out:
     writer.writerow(header)
     writer.writerows(rows)
     atomic_write_bytes(out / "results.csv", buffer.getvalue().encode())
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"Metrics scored on the {scored_split(results)} split (evaluate.json's eval_split).", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
     return out / "results.csv", out / "results.md"

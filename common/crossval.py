@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.ablation import Run, read_structured, run_study
+from common.ablation import Run, read_structured, run_study, scored_split
 from common.bundle_run import monai_bundle_run
 from common.io import atomic_write_bytes, atomic_write_json
 from common.metrics.summary import format_metric
@@ -268,14 +268,6 @@ def _check_bundle(bundle_root: Path) -> None:
         raise ValueError(f"{train}: defines no {', '.join(repr(i) for i in missing)}; cross-validation sets them")
 
 
-def _split_scored(results: Sequence[Mapping[str, Any]], out: Path) -> str:
-    for r in results:
-        summary = out / r["run"] / "eval" / "metrics_summary.json"
-        if r.get("status") == "ok" and summary.is_file():
-            return str(json.loads(summary.read_text()).get("split", "evaluation"))
-    return "evaluation"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m common.crossval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle-root", required=True, help="the bundle folder (holding configs/)")
@@ -313,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     out = Path(args.out)
     results = run_study(bundle_root, runs, out)
-    split = _split_scored(results, out)
+    split = scored_split(results)
     csv_path, md_path = write_tables(results, args.folds, seeds, out, split)
     print(md_path.read_text(), end="")
     print(f"{len(results)} runs; tables: {md_path} and {csv_path}")

@@ -285,7 +285,7 @@ def test_visible_korean_mask_colour_missing_from_the_colour_table(tmp_path):
     assert (1, 2, 3) not in {tuple(e.rgb) for e in table.values()}
     png(segmentation, rgb)
     bad_input(
-        lambda: prepare(tmp_path / "vk", tmp_path / "out", quality_check=0),
+        lambda: prepare(tmp_path / "vk", tmp_path / "out", quality_check=0, test_fraction=0),
         segmentation.name,
         "(1, 2, 3)",
         COLOUR_TABLE_NAME,
@@ -363,7 +363,7 @@ def entry_point_runs(tmp_path_factory) -> dict[str, dict[str, Any]]:
         files = brats_case(work / "data", f"BraTS2021_0000{i}")
         data = files["flair"].read_bytes()
         files["flair"].write_bytes(data[: len(data) // 2])
-    write_split_file(work / "data", work / "datalist.json", folds=2)
+    write_split_file(work / "data", work / "datalist.json", folds=2, test_fraction=0)
     overlay = {
         **_demo_overlay("cohra_unet_brats", "train"),
         "dataset_dir": str(work / "data"),

@@ -131,6 +131,8 @@ def test_package_is_reproducible_and_vendors_common(tmp_path: Path):
     names = zipfile.ZipFile(first).namelist()
     assert all(n.startswith("tiny_wt_segmentation/") for n in names)
     assert "tiny_wt_segmentation/common/__init__.py" in names
+    for runner in ("ablation", "crossval"):  # the study commands run from an unzipped release too
+        assert f"tiny_wt_segmentation/common/{runner}.py" in names
     assert "tiny_wt_segmentation/configs/inference.json" in names
     assert not any("__pycache__" in n or n.endswith(".pyc") or "/models/" in n for n in names)
 

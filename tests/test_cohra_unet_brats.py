@@ -127,7 +127,7 @@ def test_inference_on_a_wrong_folder_names_the_problem(tmp_path):
 def test_phantom_quality_bar_next_to_segresnet(tmp_path):
     """A short CPU run reaches WT Dice >= 0.8 on held-out phantoms; SegResNet trains in the same run on equal terms.
 
-    12 phantoms of 64x64x48, fold 0 of a 4-fold split (9 training, 3 held-out cases), 32^3 patches, 30 epochs,
+    12 phantoms of 64x64x48: 2 test cases, the rest in 4 folds (fold 0, 3 cases, validates), 32^3 patches, 30 epochs,
     the same data, loss, optimiser and schedule for both networks (COHRA-UNet at widths 16-128). The table is
     printed (``pytest -m slow -s``) and kept in ``<tmp>/study/results.md``.
     """

@@ -385,7 +385,7 @@ def test_benchmark_no_kd_against_mtcm_kd_with_the_same_budget(tmp_path):
     grid = json.loads((CONFIGS / "ablation.json").read_text())
     method = grid["axes"]["method"]
     method["settings"] = {k: v for k, v in method["settings"].items() if k in ("mtcm_kd", "no_kd")}
-    epochs = 20  # 12 training cases (fold 0 validates, fold 4 is held out), batch 2: 120 iterations
+    epochs = 20  # 12 training cases (fold 0 validates, 4 test cases held out), batch 2: 120 iterations
     grid["base"] = {
         "dataset_dir": str(tmp_path / "brats"),
         "split_file": str(tmp_path / "datalist.json"),
