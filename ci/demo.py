@@ -219,7 +219,8 @@ def run_bundle(
     summary["metrics"] = evaluation["metrics"]
     summary["metric_counts"] = evaluation["counts"]
     summary["cases"] = evaluation["cases"]
-    summary["split"] = json.loads((out / "evaluate" / "metrics_summary.json").read_text()).get("split")
+    written = out / "evaluate" / "metrics_summary.json"  # the bundle's own summary names the split it scored
+    summary["split"] = json.loads(written.read_text()).get("split") if written.is_file() else None
     atomic_write_json(out / "metrics.json", summary)
     plot_training_curve(read_scalars(out / "train"), bundle.name, out / "training_curve.png")
     overlay_spec = spec["overlay"]
