@@ -131,16 +131,17 @@ def dice_medpy(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def transunet_case_metrics(
-    pred: np.ndarray, gt: np.ndarray, spacing: float | Sequence[float] | None = None
+    pred: np.ndarray, gt: np.ndarray, spacing: float | Sequence[float] | None = None, with_hd95: bool = True
 ) -> tuple[float, float]:
     """TransUNet's ``calculate_metric_percase``: ``(Dice, HD95)`` of one organ in one case, with its empty-case rules.
 
     Both non-empty -> ``(dice_medpy, hd95_medpy)``; only the prediction non-empty -> ``(1, 0)``; otherwise ``(0, 0)``.
-    Non-zero voxels are foreground, as in TransUNet (``pred[pred > 0] = 1``).
+    Non-zero voxels are foreground, as in TransUNet (``pred[pred > 0] = 1``). ``with_hd95=False`` skips the distance
+    transforms and gives NaN for HD95.
     """
     pred, gt = np.asarray(pred) > 0, np.asarray(gt) > 0
     if pred.any() and gt.any():
-        return dice_medpy(pred, gt), hd95_medpy(pred, gt, spacing)
+        return dice_medpy(pred, gt), (hd95_medpy(pred, gt, spacing) if with_hd95 else math.nan)
     if pred.any():
         return 1.0, 0.0
     return 0.0, 0.0
@@ -189,13 +190,11 @@ class SynapseProtocolMetric(CumulativeIterationMetric):
         spacings = label_spacing(y, self.affine_unit_mm) if needs_spacing else [None] * y.shape[0]
         pred = (y_pred.detach() > 0.5).cpu().numpy()
         truth = (y.detach() > 0.5).cpu().numpy()
-        if self.metric == "dice":
-            values = [[_dice_under_rules(pred[b, c], truth[b, c]) for c in self.class_ids] for b in range(len(pred))]
-        else:
-            values = [
-                [transunet_case_metrics(pred[b, c], truth[b, c], spacings[b])[1] for c in self.class_ids]
-                for b in range(len(pred))
-            ]
+        hd95 = self.metric == "hd95"
+        values = [
+            [transunet_case_metrics(pred[b, c], truth[b, c], spacings[b], with_hd95=hd95)[hd95] for c in self.class_ids]
+            for b in range(len(pred))
+        ]
         return torch.tensor(values, dtype=torch.float32, device=y_pred.device)
 
     def aggregate(
@@ -206,13 +205,6 @@ class SynapseProtocolMetric(CumulativeIterationMetric):
             raise ValueError("the data to aggregate must be a PyTorch tensor")
         f, not_nans = do_metric_reduction(data, reduction or self.reduction)
         return (f, not_nans) if self.get_not_nans else f
-
-
-def _dice_under_rules(pred: np.ndarray, gt: np.ndarray) -> float:
-    """The Dice of :func:`transunet_case_metrics` without computing its HD95."""
-    if pred.any() and gt.any():
-        return dice_medpy(pred, gt)
-    return 1.0 if pred.any() else 0.0
 
 
 class SynapseProtocol(IgniteMetricHandler):
