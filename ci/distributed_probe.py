@@ -2,7 +2,8 @@
 
 A test stacks an overlay on ``train.json`` + ``multi_gpu_train.json`` that appends to the bundle's ``finalize``::
 
-    "+finalize": ["$__import__('distributed_probe').write_rank_report(@train#trainer, @validate#evaluator, '<dir>')"]
+    "+finalize": ["$__import__('ci.distributed_probe').distributed_probe.write_rank_report(
+        @train#trainer, @validate#evaluator, '<dir>')"]
 
 (with this folder on ``PYTHONPATH``). Each rank then writes ``<dir>/rank<RANK>.json``: which samples its train
 and validation loaders served, the size of the datasets behind them, the metrics its engines ended with and how

@@ -1,7 +1,7 @@
 """A bundle's ``large_files.yml``: the published weights, each with its URL and sha256.
 
-    python ci/large_files.py check bundles/<name>
-    python ci/large_files.py add bundles/<name> path/to/model.pt --url https://host/<name>_v<version>_model.pt
+    python -m ci.large_files check bundles/<name>
+    python -m ci.large_files add bundles/<name> path/to/model.pt --url https://host/<name>_v<version>_model.pt
 
 ``python -m monai.bundle download_large_files --bundle_path <bundle>`` reads this file and passes every entry to
 ``monai.apps.download_url``, which saves the file to ``<bundle>/<path>`` only if its hash matches (a mismatch
@@ -20,8 +20,6 @@ import sys
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-import zoo  # noqa: F401  (puts the repository root on sys.path)
-
 from common.io import atomic_write_bytes, sha256_file
 
 FILE_NAME = "large_files.yml"
@@ -33,7 +31,7 @@ HEADER = """\
 # Weights of this bundle, fetched into models/ by
 #   python -m monai.bundle download_large_files --bundle_path <bundle folder>
 # which refuses a file whose sha256 differs from hash_val. Entries are written by
-#   python ci/large_files.py add bundles/<name> <weights file> --url <where it is uploaded>
+#   python -m ci.large_files add bundles/<name> <weights file> --url <where it is uploaded>
 # An empty list means that no weights are published yet.
 """
 

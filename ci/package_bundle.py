@@ -1,6 +1,6 @@
 """Build the release zips of bundles, ``<out>/<name>_v<version>.zip``, reproducible byte for byte, and their catalogue.
 
-    python ci/package_bundle.py bundles/<name> [bundles/<other> ...] [--out dist/] [--base-url URL]
+    python -m ci.package_bundle bundles/<name> [bundles/<other> ...] [--out dist/] [--base-url URL]
 
 The zip holds one top-level folder ``<name>/`` (what ``monai.bundle download --url`` extracts) with the bundle's
 files, the weights under ``models/`` when present, and a copy of the shared ``common/`` package at the bundle
@@ -27,9 +27,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import zoo
-from large_files import WEIGHT_SUFFIXES
-
+from ci import zoo
+from ci.large_files import WEIGHT_SUFFIXES
 from common.io import atomic_write_json, sha256_file
 
 CATALOGUE_NAME = "model_info.json"

@@ -1,6 +1,6 @@
 """Verify a bundle the way the MONAI model zoo's CI does, offline, and list everything that fails.
 
-    python ci/verify_bundle.py bundles/<name> [--schema PATH]
+    python -m ci.verify_bundle bundles/<name> [--schema PATH]
 
 Checks, in order: required files; ``large_files.yml`` (every entry a ``models/`` path, an http(s) URL and a sha256,
 see ``ci/large_files.py``); metadata rules (``version`` in ``changelog``, ``required_packages_version`` only,
@@ -26,9 +26,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import large_files
-import zoo
-
+from ci import large_files, zoo
 from common.ablation import load_grid
 
 REQUIRED_FILES = (

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 # Bundles run the same way from the tools and from a packaged bundle's ablation runner.
-from common.bundle_run import bundle_env, monai_bundle_run  # noqa: E402, F401
+from common.bundle_run import bundle_env, monai_bundle_run  # noqa: F401
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 BUNDLES_DIR = REPO_ROOT / "bundles"
 SCHEMA_NAME = "meta_schema_20240725.json"

@@ -1,0 +1,413 @@
+"""mtcm_kd_t1ce_student: both protocols, the variants, resume, inference on a lone T1ce file, the exported student.
+
+Tiny sizes: six 48x48x32 phantoms (three folds: four training and two validation cases), 32^3 patches or a 32^3
+whole-volume grid (faithful), widths 4-8-16-32 for the student, the teachers and the fusion module alike (one
+``channels`` id), and epochs cut to one or two iterations. Most runs are in-process ``ConfigWorkflow`` runs of the
+bundle's config stacks (what ``python -m monai.bundle run`` does) so that the networks can be inspected; the faithful
+run goes through ``python -m monai.bundle run training`` itself. Torch runs single-threaded here: on a shared 2-core
+machine two threads per process are several times slower than one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export
+
+from ci import demo, zoo
+from common.data.brats import BratsDataError, BratsFileNotFoundError, read_split, write_split_file
+from common.engines.choi_kd import ChoiKDTrainer
+from common.engines.mtcm_kd import MTCMKDTrainer, init_student_weights, unwrap
+from common.networks.cohra_unet import mtcm_kd_backbone
+from common.networks.mtcm_kd import TeacherFeatures
+from common.synthetic.brats import generate_brats
+from tests.helpers import REPO_ROOT
+
+BUNDLE = REPO_ROOT / "bundles" / "mtcm_kd_t1ce_student"
+CONFIGS = BUNDLE / "configs"
+CHANNELS = [4, 8, 16, 32]
+TINY = {"roi_size": [32, 32, 32], "channels": CHANNELS, "num_workers": 0}
+VARIANTS = ("t1_student", "no_kd", "no_cdsfl", "choi2023")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def single_thread_env() -> dict[str, str]:
+    return {**zoo.bundle_env(), "OMP_NUM_THREADS": "1"}
+
+
+def run_workflow(configs: list[str], overrides: dict, workflow_type: str = "train", before_run=None) -> ConfigWorkflow:
+    """Initialise, run and finalise a stack of the bundle's configs in this process; returns the workflow."""
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / c) for c in configs],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        workflow_type=workflow_type,
+        **{"bundle_root": str(BUNDLE), **TINY, **overrides},
+    )
+    workflow.initialize()
+    if before_run is not None:
+        before_run(workflow)
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def authors_split(repo_split: dict) -> list[dict]:
+    """The same folds in the MTCM-KD authors' folds_data.json format."""
+    folds = sorted({e["fold"] for e in repo_split["training"]})
+    return [
+        {
+            "train_samples": [e["case"] for e in repo_split["training"] if e["fold"] != k],
+            "valid_samples": [e["case"] for e in repo_split["training"] if e["fold"] == k],
+        }
+        for k in folds
+    ]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("mtcm_kd")
+    generate_brats(root / "brats", cases=6, size=(48, 48, 32), seed=1, workers=1, verbose=False)
+    split = write_split_file(root / "brats", root / "datalist.json", folds=3, seed=0)
+    (root / "folds_data.json").write_text(json.dumps(authors_split(split)))
+    return {"root": root, "dataset_dir": str(root / "brats"), "split_file": str(root / "datalist.json")}
+
+
+def settings(data: dict, name: str, **extra) -> dict:
+    root = data["root"]
+    return {
+        "dataset_dir": data["dataset_dir"],
+        "split_file": data["split_file"],
+        "ckpt_dir": str(root / name / "models"),
+        "output_dir": str(root / name / "eval"),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def corrected(data) -> dict:
+    """One epoch of the default (corrected) protocol: folds 1 and 2 train, fold 0 validates, the split file's testing
+    case is held out for evaluate.json."""
+    overrides = settings(data, "corrected", epochs=1, val_interval=1)
+    workflow = run_workflow(["train.json"], overrides)
+    return {"overrides": overrides, "trainer": workflow.parser.get_parsed_content("train#trainer")}
+
+
+# ---- protocols ------------------------------------------------------------------------------------------------
+
+
+def test_corrected_protocol_trains_logs_teacher_weights_and_evaluates_natively_with_hd95(data, corrected):
+    trainer, overrides = corrected["trainer"], corrected["overrides"]
+    assert isinstance(trainer, MTCMKDTrainer) and trainer.kd_reduction == "voxel_mean"
+    assert trainer.student_channel == 1 and trainer.teacher_channels == [3, 2, 0]  # T1ce; FLAIR, T2, T1
+    scalars = demo.read_scalars(Path(overrides["output_dir"]))
+    for i in range(3):
+        assert f"teacher_weight_{i}" in scalars and f"teacher_wt_dice_{i}" in scalars
+    assert {"loss", "kd_loss", "teacher_loss", "cooperative_loss"} <= set(scalars)
+
+    evaluation = run_workflow(["train.json", "evaluate.json"], overrides)
+    summary = json.loads((Path(overrides["output_dir"]) / "metrics_summary.json").read_text())
+    held_out = {e["case"] for e in json.loads(Path(data["split_file"]).read_text())["testing"]}
+    for region in ("tc", "wt", "et"):
+        assert math.isfinite(summary["metrics"][f"val_dice_{region}"])
+        assert f"val_hd95_{region}" in summary["metrics"]
+        rows = (Path(overrides["output_dir"]) / f"val_hd95_{region}_raw.csv").read_text().splitlines()[1:]
+        assert {Path(row.split(",")[0]).parent.name for row in rows} == held_out  # one row per held-out case
+    last = evaluation.parser.get_parsed_content("validate#evaluator").state.output[0]
+    assert tuple(last["label"].shape) == (3, 48, 48, 32)  # TC/WT/ET at the native grid
+
+
+def test_faithful_protocol_trains_with_monai_bundle_run_training_and_evaluates_on_the_resized_grid(data, tmp_path):
+    overrides = settings(
+        data, "faithful", protocol="faithful", split_file=str(data["root"] / "folds_data.json"), epochs=1, **TINY
+    )
+    overlay = tmp_path / "faithful.json"
+    overlay.write_text(json.dumps({"bundle_root": str(BUNDLE), **overrides, "train#trainer#epoch_length": 2}))
+    files = f"['{CONFIGS / 'train.json'}','{overlay}']"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(CONFIGS / "metadata.json")]
+    cmd += ["--config_file", files, "--logging_file", str(CONFIGS / "logging.conf")]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=single_thread_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "MTCMKDTrainer - INFO - Epoch[1] Complete" in result.stdout
+    models = Path(overrides["ckpt_dir"])
+    assert set(torch.load(models / "teachers.pt", weights_only=True)) == {
+        "teacher_0", "teacher_1", "teacher_2", "fusion", "teacher_optimizer", "teacher_weights"
+    }  # fmt: skip
+
+    evaluation = run_workflow(["train.json", "evaluate.json"], overrides)
+    assert evaluation.parser.get_parsed_content("train#trainer").kd_reduction == "batchmean"
+    last = evaluation.parser.get_parsed_content("validate#evaluator").state.output[0]
+    assert tuple(last["label"].shape) == (3, 32, 32, 32)  # the authors' whole-volume grid
+    metrics = json.loads((Path(overrides["output_dir"]) / "metrics_summary.json").read_text())["metrics"]
+    assert set(metrics) == {"val_mean_dice", "val_dice_tc", "val_dice_wt", "val_dice_et"}  # Dice only, as upstream
+
+
+def test_unknown_protocol_is_named():
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser["protocol"] = "faithfull"
+    with pytest.raises(RuntimeError) as failure:  # MONAI wraps the error of a config expression
+        parser.get_parsed_content("is_faithful")
+    cause = str(failure.value.__cause__)
+    assert "By 'faithfull', did you mean 'faithful'?" in cause and "'corrected'" in cause  # the options are named
+
+
+# ---- resume -----------------------------------------------------------------------------------------------------
+
+
+def test_resume_restores_every_network_optimizer_teacher_weight_and_the_epoch(corrected):
+    overrides = {**corrected["overrides"], "epochs": 2, "resume": True, "train#trainer#epoch_length": 1}
+    saved = torch.load(Path(overrides["ckpt_dir"]) / "checkpoint_epoch=1.pt", weights_only=False)
+    seen: dict = {}
+
+    def compare_at_start(workflow: ConfigWorkflow) -> None:
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+
+        @trainer.on(Events.EPOCH_STARTED)
+        def _restored(engine: MTCMKDTrainer) -> None:
+            seen.setdefault("epochs", []).append(engine.state.epoch)
+            if len(seen["epochs"]) > 1:
+                return
+            items = engine.checkpoint_items()
+            for key in ("network", "teacher_0", "teacher_1", "teacher_2", "fusion"):
+                for name, value in items[key].state_dict().items():
+                    torch.testing.assert_close(value, saved[key][name], msg=f"{key}.{name} not restored")
+            for key in ("optimizer", "teacher_optimizer"):
+                state = items[key].state_dict()["state"]
+                assert state.keys() == saved[key]["state"].keys() and state, f"{key} state not restored"
+                for index, values in state.items():
+                    for name, value in values.items():
+                        torch.testing.assert_close(value, saved[key]["state"][index][name], msg=f"{key} {name}")
+            assert items["teacher_weights"].weights == saved["teacher_weights"]["weights"].tolist()
+            assert engine.state.teacher_weights == saved["teacher_weights"]["weights"].tolist()
+
+    run_workflow(["train.json"], overrides, before_run=compare_at_start)
+    assert seen["epochs"] == [2]  # epoch 1 was not repeated
+    assert (Path(overrides["ckpt_dir"]) / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_warm_start_continues_from_the_released_student_and_teachers(data, corrected):
+    released = Path(corrected["overrides"]["ckpt_dir"])
+    student = torch.load(released / "model.pt", weights_only=True)
+    teachers = torch.load(released / "teachers.pt", weights_only=True)
+    overrides = settings(data, "warm", epochs=1, val_interval=2, warm_start=True, warm_start_dir=str(released))
+    seen: list[str] = []
+
+    def compare_at_start(workflow: ConfigWorkflow) -> None:
+        @workflow.parser.get_parsed_content("train#trainer").on(Events.EPOCH_STARTED)
+        def _loaded(engine: MTCMKDTrainer) -> None:
+            items = engine.checkpoint_items()
+            for key, saved in [("network", student), *((k, teachers[k]) for k in ("teacher_0", "teacher_2", "fusion"))]:
+                for name, value in items[key].state_dict().items():
+                    torch.testing.assert_close(value, saved[name], msg=f"{key}.{name} not loaded")
+                seen.append(key)
+
+    run_workflow(["train.json"], overrides, before_run=compare_at_start)
+    assert seen == ["network", "teacher_0", "teacher_2", "fusion"]
+
+
+# ---- variants ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_overlay_trains_one_epoch(data, variant):
+    overrides = settings(data, variant, epochs=1, val_interval=2, **{"train#trainer#epoch_length": 1})
+    workflow = run_workflow(["train.json", f"variant_{variant}.json"], overrides)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 1 and trainer.state.iteration == 1
+    saved = torch.load(Path(overrides["ckpt_dir"]) / "checkpoint_epoch=1.pt", weights_only=False)
+    base = {"network", "optimizer", "trainer", "lr_scheduler", "evaluator", "best_model_saver"}  # + best metric, file
+    teachers = {"teacher_0", "teacher_1", "teacher_2", "teacher_optimizer", "teacher_weights"}
+    if variant == "t1_student":
+        assert trainer.student_channel == 0 and trainer.teacher_channels == [3, 2, 1]  # T1; FLAIR, T2, T1ce
+        assert set(saved) == base | teachers | {"fusion"}
+    elif variant == "no_kd":
+        assert not trainer.use_kd and trainer.teachers == []
+        assert set(saved) == base
+    elif variant == "no_cdsfl":
+        assert trainer.fusion is None and len(trainer.teachers) == 3
+        assert set(saved) == base | teachers
+    else:
+        assert isinstance(trainer, ChoiKDTrainer) and trainer.teacher_channels == [0, 1, 2, 3]
+        assert set(saved) == base | {"teacher_0", "teacher_optimizer"}
+        assert saved["teacher_0"]["stem.0.conv_block.0.weight"].shape[1] == 4  # the multimodal teacher
+    assert saved["network"]["stem.0.conv_block.0.weight"].shape[1] == 1  # always a one-channel student
+
+
+def test_ablation_method_settings_are_the_variant_overlays():
+    grid = json.loads((CONFIGS / "ablation.json").read_text())
+    settings_ = grid["axes"]["method"]["settings"]
+    assert grid["axes"]["method"]["default"] == "mtcm_kd" and settings_["mtcm_kd"] == {}
+    for name in ("no_kd", "no_cdsfl", "choi2023"):
+        overlay = json.loads((CONFIGS / f"variant_{name}.json").read_text())
+        assert settings_[name] == {k: v for k, v in overlay.items() if k not in ("_desc_", "ckpt_dir", "output_dir")}
+
+
+# ---- inference and export ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("protocol", "name", "labels"), [("faithful", "scan_t1ce", {0, 1, 2, 4}), ("corrected", "x-t1c", {0, 1, 2, 3})]
+)
+def test_inference_on_a_lone_t1ce_file_keeps_its_grid_and_label_convention(data, tmp_path, protocol, name, labels):
+    source = Path(data["dataset_dir"]) / "BraTS2021_00002" / "BraTS2021_00002_t1ce.nii.gz"
+    image = tmp_path / "in" / f"{name}.nii.gz"
+    image.parent.mkdir()
+    shutil.copyfile(source, image)
+    torch.manual_seed(0)
+    (tmp_path / "models").mkdir()
+    torch.save(mtcm_kd_backbone(channels=CHANNELS).state_dict(), tmp_path / "models" / "model.pt")
+    overrides = {
+        "input_image": str(image),
+        "protocol": protocol,
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "out"),
+    }
+    workflow = run_workflow(["inference.json"], overrides, workflow_type="infer")
+    assert workflow.parser.get_parsed_content("et_label") == max(labels)  # BraTS 2023 names: ET = 3
+    prediction = nib.load(tmp_path / "out" / f"{name}_seg.nii.gz")
+    original = nib.load(image)
+    assert prediction.shape == original.shape
+    np.testing.assert_allclose(prediction.affine, original.affine)
+    assert prediction.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(prediction.dataobj)).tolist()) <= labels
+
+
+def test_torchscript_export_holds_only_the_student_and_teachers_are_saved_beside_it(corrected, tmp_path):
+    models = Path(corrected["overrides"]["ckpt_dir"])
+    exported = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(models / "model.pt"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        bundle_root=str(BUNDLE),
+        channels=CHANNELS,
+    )
+    scripted = torch.jit.load(str(exported))
+    student = mtcm_kd_backbone(channels=CHANNELS).eval()
+    student.load_state_dict(torch.load(models / "model.pt", weights_only=True))
+    assert set(scripted.state_dict()) == set(student.state_dict())  # no teacher, no fusion
+    assert scripted.state_dict()["stem.0.conv_block.0.weight"].shape[1] == 1
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), student(x))
+
+    teachers = torch.load(models / "teachers.pt", weights_only=True)
+    for i in range(3):
+        mtcm_kd_backbone(channels=CHANNELS, deep_supervision=False).load_state_dict(teachers[f"teacher_{i}"])
+    assert teachers["teacher_weights"]["weights"].shape == (3,)
+
+
+# ---- protocol helpers --------------------------------------------------------------------------------------------
+
+
+def test_read_split_reads_both_split_formats_and_names_bad_ones(data, tmp_path):
+    repo_train, repo_val, test = read_split(data["split_file"], data["dataset_dir"], 1)
+    authors_train, authors_val, no_test = read_split(data["root"] / "folds_data.json", data["dataset_dir"], 1)
+    # 6 cases: round(0.2 x 6) = 1 held out as the split file's testing list, 5 in folds of 2, 2, 1
+    assert len(test) == 1 and no_test == [] and len(repo_train) + len(repo_val) == 5
+    assert not {i["case"] for i in test} & {i["case"] for i in repo_train + repo_val}
+    assert sorted(i["case"] for i in authors_val) == sorted(i["case"] for i in repo_val)
+    assert sorted(i["image"][1] for i in authors_train) == sorted(i["image"][1] for i in repo_train)
+    assert all(i["image"][1].endswith("_t1ce.nii.gz") and i["label"].endswith("_seg.nii.gz") for i in authors_train)
+
+    # a file without a testing list (the authors', SwinUNETR's) can hold out a fold instead
+    held_train, held_val, test = read_split(data["root"] / "folds_data.json", data["dataset_dir"], 1, test_fold=-1)
+    assert held_val == authors_val and {i["case"] for i in test} == {
+        i["case"] for i in read_split(data["root"] / "folds_data.json", data["dataset_dir"], 2)[1]
+    }
+    assert {i["case"] for i in held_train} == {i["case"] for i in authors_train} - {i["case"] for i in test}
+    with pytest.raises(BratsDataError, match="test_fold 1 is the validation fold"):
+        read_split(data["root"] / "folds_data.json", data["dataset_dir"], 1, test_fold=1)
+    with pytest.raises(BratsDataError, match="holds a 'testing' list"):
+        read_split(data["split_file"], data["dataset_dir"], 1, test_fold=-1)
+    with pytest.raises(BratsDataError, match=r"has folds \[0, 1, 2\]; got fold 5"):
+        read_split(data["root"] / "folds_data.json", data["dataset_dir"], 5)
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps([{"train_samples": ["BraTS2021_00000", "BraTS2021_09999"], "valid_samples": []}]))
+    with pytest.raises(BratsFileNotFoundError, match="BraTS2021_09999"):
+        read_split(missing, data["dataset_dir"], 0)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"train": [], "val": []}]))
+    with pytest.raises(BratsDataError, match="neither known format"):
+        read_split(other, data["dataset_dir"], 0)
+    with pytest.raises(BratsDataError, match="remake it with --modalities flair t1ce t2 t1"):
+        read_split(data["split_file"], data["dataset_dir"], 0, modalities=["flair", "t1ce", "t2", "t1"])
+
+
+def test_student_initialisation_and_checkpoint_items_of_wrapped_networks():
+    torch.manual_seed(0)
+    net = mtcm_kd_backbone(channels=(16, 32, 64, 128))
+    deconv_before = net.decoder[0].upsample.deconv.weight.detach().clone()
+    init_student_weights(net)
+    conv = (
+        net.encoder[1][0].conv_block[5].weight.detach()
+    )  # 64 -> 64 channels, 3^3: xavier std = sqrt(2 / (2 * 64 * 27))
+    assert float(conv.std()) == pytest.approx(math.sqrt(1 / (64 * 27)), rel=0.05)
+    biases = [m.bias.detach() for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.bias is not None]
+    assert biases and all(float(b.abs().max()) == 0 for b in biases)
+    assert torch.equal(net.decoder[0].upsample.deconv.weight, deconv_before)  # transposed convs keep theirs
+
+    teacher = mtcm_kd_backbone(channels=CHANNELS, deep_supervision=False)
+    assert unwrap(TeacherFeatures(teacher)) is teacher and unwrap(torch.nn.DataParallel(teacher)) is teacher
+
+
+# ---- benchmark (slow tier) ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_benchmark_no_kd_against_mtcm_kd_with_the_same_budget(tmp_path):
+    """The unimodal student without KD against MTCM-KD: same phantoms, split, budget and seed, through the ablation
+    runner (``python -m common.ablation``) with the ``method`` axis restricted to those two. Prints WT/TC/ET Dice of
+    both; asserts only that both runs completed with finite Dice (phantom numbers say nothing about real data)."""
+    generate_brats(tmp_path / "brats", cases=20, size=(64, 64, 48), seed=3, workers=1, verbose=False)
+    write_split_file(tmp_path / "brats", tmp_path / "datalist.json", folds=5, seed=0)
+    grid = json.loads((CONFIGS / "ablation.json").read_text())
+    method = grid["axes"]["method"]
+    method["settings"] = {k: v for k, v in method["settings"].items() if k in ("mtcm_kd", "no_kd")}
+    epochs = 20  # 12 training cases (fold 0 validates, 4 test cases held out), batch 2: 120 iterations
+    grid["base"] = {
+        "dataset_dir": str(tmp_path / "brats"),
+        "split_file": str(tmp_path / "datalist.json"),
+        "roi_size": [32, 32, 32],
+        "channels": [8, 16, 32, 64],
+        "epochs": epochs,
+        "val_interval": epochs,
+        "learning_rate": 0.002,
+        "num_workers": 0,
+    }
+    (tmp_path / "grid.json").write_text(json.dumps(grid))
+    cmd = [sys.executable, "-m", "common.ablation", "--bundle-root", str(BUNDLE), "--grid", str(tmp_path / "grid.json")]
+    cmd += ["--out", str(tmp_path / "study")]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=single_thread_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    rows = []
+    for run, label in (("baseline", "MTCM-KD"), ("method=no_kd", "no KD")):
+        record = json.loads((tmp_path / "study" / run / "result.json").read_text())
+        assert record["status"] == "ok", record
+        dice = [record["metrics"][f"val_dice_{r}"] for r in ("wt", "tc", "et")]
+        assert all(d is not None and math.isfinite(d) for d in dice), record["metrics"]
+        rows.append(f"| {label} | " + " | ".join(f"{d:.3f}" for d in dice) + f" | {record['train_seconds']} |")
+    print(f"\nphantoms 20 x 64x64x48 (12 train / 4 val / 4 test), {epochs} epochs, same seed; Dice on the test fold")
+    print("| method | WT | TC | ET | train s |\n|---|---|---|---|---|\n" + "\n".join(rows))
+    print((tmp_path / "study" / "results.md").read_text())
