@@ -25,7 +25,7 @@ test-integration: setup
 	$(PY) -m pytest -m integration
 
 # The MONAI Deploy App SDK in an environment of its own (requirements-deploy.txt says why), for
-# tests/test_integration_deploy.py; rebuilt only when a requirements file changes.
+# tests/integration/test_deploy.py; rebuilt only when a requirements file changes.
 DEPLOY_VENV := .venv-deploy
 DEPLOY_STAMP := $(DEPLOY_VENV)/.requirements-installed
 .PHONY: deploy-env
@@ -39,7 +39,7 @@ $(DEPLOY_STAMP): requirements.txt requirements-deploy.txt
 	touch $@
 
 # MONAI Label in an environment of its own (requirements-monailabel.txt says why: a complete lock installed with
-# --no-deps), for tests/test_integration_monailabel.py; rebuilt only when that file changes.
+# --no-deps), for tests/integration/test_monailabel.py; rebuilt only when that file changes.
 MONAILABEL_VENV := .venv-monailabel
 MONAILABEL_STAMP := $(MONAILABEL_VENV)/.requirements-installed
 .PHONY: setup-monailabel
@@ -53,7 +53,7 @@ $(MONAILABEL_STAMP): requirements-monailabel.txt
 	touch $@
 
 # The official BraTS evaluation package (brats-evaluation, on panoptica) in an environment of its own
-# (requirements-brats-eval.txt says why), for tests/test_brats_metrics.py; rebuilt only when that file changes.
+# (requirements-brats-eval.txt says why), for tests/unit/metrics/test_brats.py; rebuilt only when that file changes.
 BRATS_EVAL_VENV := .venv-brats-eval
 BRATS_EVAL_STAMP := $(BRATS_EVAL_VENV)/.requirements-installed
 .PHONY: brats-eval-env
@@ -93,15 +93,15 @@ study-crossval: setup
 		--variants bundles/cohra_unet_brats/configs/crossval_variants.json --ensemble
 
 demo: setup
-	$(PY) ci/demo.py
+	$(PY) -m ci.demo
 
 verify: setup
-	@set -e; for bundle in bundles/*/; do $(PY) ci/verify_bundle.py $$bundle; done
+	@set -e; for bundle in bundles/*/; do $(PY) -m ci.verify_bundle $$bundle; done
 
 # Release zips dist/<name>_v<version>.zip and the catalogue dist/model_info.json (BASE_URL=https://host/path
 # fills each entry's download address).
 package: setup
-	$(PY) ci/package_bundle.py bundles/*/ --out dist $(if $(BASE_URL),--base-url $(BASE_URL))
+	$(PY) -m ci.package_bundle bundles/*/ --out dist $(if $(BASE_URL),--base-url $(BASE_URL))
 
 lint: setup
 	$(PY) -m ruff check .

@@ -14,8 +14,20 @@ from __future__ import annotations
 import time
 
 import torch.distributed as dist
+from monai.handlers import CheckpointSaver, MetricsSaver, StatsHandler, TensorBoardStatsHandler
 
-__all__ = ["leave_process_group"]
+__all__ = ["handlers_for_this_rank", "leave_process_group"]
+
+# Handlers that log or write files: one rank does that for all.
+FIRST_RANK_ONLY = (CheckpointSaver, MetricsSaver, StatsHandler, TensorBoardStatsHandler)
+
+
+def handlers_for_this_rank(handlers: list) -> list:
+    """All ``handlers`` on rank 0 (or without a process group); on the other ranks only those every rank must run,
+    such as validation and the learning-rate schedule, leaving out the loggers and savers of ``FIRST_RANK_ONLY``."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        return list(handlers)
+    return [h for h in handlers if not isinstance(h, FIRST_RANK_ONLY)]
 
 
 def leave_process_group(settle_s: float = 0.2) -> None:

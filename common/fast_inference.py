@@ -29,7 +29,7 @@ overlap and blending, same network and weights):
 What it buys, with the label maps of both paths compared on phantom-trained weights, is in ``make bench``
 (``bench/inference.py``) and in each bundle README's Performance section. Not used: ``torch.compile`` (needs a
 C++ toolchain and recompiles per input shape) and ONNX Runtime (an fp32 path for 3D convolutions on CPU), and more
-threads than cores. ``tests/test_bench.py`` checks each bundle's inference config on a tiny input.
+threads than cores. ``tests/zoo/test_bench.py`` checks each bundle's inference config on a tiny input.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
-__all__ = ["CHECKPOINT_GLOB", "AtomicCheckpointSaver", "AtomicDiskSaver", "latest_checkpoint"]
+__all__ = ["CHECKPOINT_GLOB", "AtomicCheckpointSaver", "AtomicDiskSaver", "latest_checkpoint", "with_best_metric"]
 
 CHECKPOINT_GLOB = "checkpoint_epoch=*.pt"  # what MONAI's CheckpointSaver names its save_interval checkpoints
 
@@ -99,3 +99,15 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = CHECKPOINT_GLO
         f"{ckpt_dir}: no checkpoint to resume from (expected files named {pattern}, written by a training run "
         f"of this bundle{found}); start without resume=true"
     )
+
+
+def with_best_metric(evaluator: Any) -> Any:
+    """``evaluator``, its best metric and the epoch of it added to what its ``state_dict`` saves.
+
+    A training checkpoint holds the evaluator so that a resumed run compares new scores with the best one so far;
+    MONAI's evaluators save neither by default.
+    """
+    for key in ("best_metric", "best_metric_epoch"):
+        if key not in evaluator.state_dict_user_keys:
+            evaluator.state_dict_user_keys.append(key)
+    return evaluator

@@ -54,7 +54,7 @@ legacy HD95 ignores the spacing (above), and a NIfTI file given by path is read 
 axes. Here ``spacing`` is in the array's axis order, as MONAI's ``MetaTensor.pixdim`` is.
 
 Why a reproduction rather than a dependency: panoptica pins ``numpy<2.3`` (this repository runs numpy 2.4) and
-brings cc3d, SimpleITK, pandas, plotly and more. ``tests/test_brats_metrics.py`` checks this module against the
+brings cc3d, SimpleITK, pandas, plotly and more. ``tests/unit/metrics/test_brats.py`` checks this module against the
 real package, installed in ``.venv-brats-eval`` by ``make brats-eval-env``.
 """
 

@@ -173,7 +173,7 @@ class COHRAUNet(nn.Module):
         ValueError: for an unknown option name, inconsistent sizes, or (in forward) an input whose spatial size
             is not divisible by :attr:`size_divisor`.
 
-    TorchScript: every option compiles with ``torch.jit.script`` (``tests/test_cohra_unet.py`` scripts the
+    TorchScript: every option compiles with ``torch.jit.script`` (``tests/unit/networks/test_cohra_unet.py`` scripts the
     default, the :func:`mtcm_kd_backbone` preset and mixed configurations covering every non-default module,
     and compares them with eager mode); the scripted module keeps :meth:`forward_features`.
 

@@ -408,7 +408,8 @@ class FCT(nn.Module):
         ValueError: for malformed ``filters``/``heads``/dilations, or (in forward) an input that is not
             ``(B, in_channels, H, W)`` with ``H`` and ``W`` divisible by 32.
 
-    TorchScript: compiles with ``torch.jit.script`` (``tests/test_fct.py`` compares scripted and eager outputs).
+    TorchScript: compiles with ``torch.jit.script`` (``tests/unit/networks/test_fct.py`` compares scripted and eager
+    outputs).
 
     Size (``python -m common.networks.fct``; 1 input channel and 3 classes, the configuration of the research notes'
     section 1.3, whose rounded counts these reproduce): ``"paper"`` 21,338,907 parameters, ``"tf_main"``

@@ -80,7 +80,7 @@ class RefNet(nn.Module):
             label values that are not integers in ``[0, num_classes)``.
 
     TorchScript: ``torch.jit.script(RefNet(...))`` compiles in both input modes and matches eager mode
-    (``tests/test_refnet.py``); a scripted module raises the same messages as ``torch.jit.Error``.
+    (``tests/unit/networks/test_refnet.py``); a scripted module raises the same messages as ``torch.jit.Error``.
 
     Class ids: ``num_classes=13`` is the Synapse "12 organs" convention of the paper (research notes ``fct_refnet.md``
     section 4): the 13 BTCV organs with both adrenal glands merged, so BTCV's left adrenal id 13 must become 12
