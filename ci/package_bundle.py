@@ -3,8 +3,11 @@
     python -m ci.package_bundle bundles/<name> [bundles/<other> ...] [--out dist/] [--base-url URL]
 
 The zip holds one top-level folder ``<name>/`` (what ``monai.bundle download --url`` extracts) with the bundle's
-files, the weights under ``models/`` when present, and a copy of the shared ``common/`` package at the bundle
-root, so that the configs' ``common.*`` references import with nothing but the bundle on disk. Entries are
+files, the weights under ``models/`` when present, and the part of the shared ``common/`` package the bundle uses at
+the bundle root, so that the configs' ``common.*`` references import with nothing but the bundle on disk. The part
+used is every module that the configs and the bundle's Python files name, the study runners of the study configs
+it ships (``ablation.json``: ``common.ablation``; ``crossval_*.json``: ``common.crossval``), and all they import in
+turn; the phantom generators and the other bundles' networks and engines stay out. Entries are
 sorted and carry a fixed timestamp and mode, so the same inputs give the same bytes (and the same sha256).
 
 Weights normally travel apart from the zip: ``large_files.yml`` names them with a URL and sha256, and
@@ -20,8 +23,10 @@ PyTorch and NumPy that the bundle's metadata names.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import sys
 import tempfile
 import zipfile
@@ -35,6 +40,61 @@ CATALOGUE_NAME = "model_info.json"
 # Not part of a release: caches, local run outputs, and anything a user trained or evaluated into the folder.
 EXCLUDED_DIRS = {"__pycache__", "eval", "logs", ".ipynb_checkpoints"}
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
+COMMON_NAME = re.compile(r"\bcommon(?:\.\w+)+")
+STUDY_RUNNERS = {"ablation.json": "common.ablation", "crossval_*.json": "common.crossval"}
+
+
+def _module_file(dotted: str) -> Path | None:
+    """The file of the longest importable prefix of ``dotted`` (``common.a.b.name`` -> ``common/a/b.py``)."""
+    parts = dotted.split(".")
+    while parts:
+        base = zoo.REPO_ROOT.joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+        parts.pop()
+    return None
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Dotted names of what ``path`` imports from ``common``, relative imports resolved."""
+    package = path.relative_to(zoo.REPO_ROOT).with_suffix("").parts
+    package = package[:-1] if package[-1] != "__init__" else package[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package[: len(package) - node.level + 1], *filter(None, [node.module])])
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+            names.add(base)
+    return {n for n in names if n == "common" or n.startswith("common.")}
+
+
+def _common_files(bundle: Path) -> list[Path]:
+    """The files of ``common/`` that the bundle uses: named in its configs and Python files, the runners of its
+    study configs, everything those import, and the ``__init__.py`` and ``__main__.py`` of every package on the way."""
+    names = {"common"}
+    for path in bundle.rglob("*"):
+        if path.suffix in (".json", ".py") and not EXCLUDED_DIRS & set(path.relative_to(bundle).parts):
+            names |= set(COMMON_NAME.findall(path.read_text(errors="replace")))
+    for pattern, runner in STUDY_RUNNERS.items():
+        if any((bundle / "configs").glob(pattern)):
+            names.add(runner)
+    files: set[Path] = set()
+    pending = [f for f in map(_module_file, names) if f is not None]
+    while pending:
+        path = pending.pop()
+        if path in files:
+            continue
+        files.add(path)
+        packages = [p for p in path.parents if zoo.REPO_ROOT / "common" in (p, *p.parents)]
+        # a shipped package keeps its command line (python -m common.data.brats make-split ...)
+        pending += [f for p in packages for f in (p / "__init__.py", p / "__main__.py") if f.is_file()]
+        pending += [f for f in map(_module_file, _imported_names(path)) if f is not None]
+    return sorted(files)
 
 
 def _release_files(bundle: Path) -> list[tuple[Path, str]]:
@@ -50,10 +110,8 @@ def _release_files(bundle: Path) -> list[tuple[Path, str]]:
         if rel.parts[0] == "common":
             raise ValueError(f"{bundle}: holds its own common/; the shared package is vendored at packaging time")
         files.append((path, f"{name}/{rel.as_posix()}"))
-    common = zoo.REPO_ROOT / "common"
-    for path in common.rglob("*.py"):
-        if "__pycache__" not in path.parts:
-            files.append((path, f"{name}/common/{path.relative_to(common).as_posix()}"))
+    for path in _common_files(bundle):
+        files.append((path, f"{name}/{path.relative_to(zoo.REPO_ROOT).as_posix()}"))
     return sorted(files, key=lambda item: item[1])
 
 

@@ -3,11 +3,9 @@
 glibc serves every allocation above a few MiB with a fresh ``mmap`` and unmaps it again on free. A 3D network's
 activations are hundreds of MiB each, so every forward (and backward) pass page-faults them in again, zero-filled,
 from the kernel. Telling glibc to take large blocks from its heap and never to trim it keeps that memory for the
-next pass. ``make bench-full`` measures it next to everything else (its allocator ablation figures); on the
-2-core benchmark machine of issue 8 (AVX-512 BF16, torch 2.13.0), run 20261121T070843Z:
-
-* MONAI SegResNet over a full BraTS case, fp32 eager: 44.4 s -> 21.1 s;
-* one COHRA-UNet training step at 2 x 4 x 64^3: 11.5 s -> 5.85 s.
+next pass. ``make bench-full`` measures it next to everything else (its allocator ablation rows: about half the
+time of an fp32 sliding window and of a COHRA-UNet training step on 2 cores; the figures, with the CPU they were
+measured on, are in ``bench/results/``).
 
 The cost: the process keeps its peak memory until it exits instead of returning it between passes, which is what a
 training run or an inference server holds anyway. It is process-wide and stays on once set. The PyTorch CPU tuning

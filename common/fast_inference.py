@@ -6,7 +6,7 @@ overlap and blending, same network and weights):
 
 * **bf16 autocast** (``torch.autocast(device_type=<the input's device>, dtype=torch.bfloat16)``): convolutions and
   matrix multiplies run in bfloat16 through oneDNN, which on a CPU with AVX-512 BF16 has about 4.5x the fp32
-  matrix-multiply throughput (814 vs 183 GFLOP/s measured by ``make bench`` on the 2-core benchmark machine).
+  matrix-multiply throughput (``make bench`` measures both peaks on the machine it runs on).
   Used only where the device supports bf16 natively (on CUDA: compute capability 8+); ``bf16=False`` keeps the
   pass in float32 (``refnet_synapse`` does, see its README).
 * **channels-last windows** (``torch.channels_last`` / ``torch.channels_last_3d``): oneDNN's bf16 convolutions are
@@ -16,7 +16,7 @@ overlap and blending, same network and weights):
   made no measurable difference once freed memory is kept.)
 * **freed memory kept** (:func:`common.allocator.retain_freed_memory`, CPU only): glibc would unmap every large
   activation on free and page-fault it in again for the next window. This alone halves an fp32 sliding window
-  (allocator ablation of ``make bench-full``: MONAI SegResNet over a full BraTS case 44.4 s -> 21.1 s) and it is
+  (the allocator ablation of ``make bench-full``) and it is
   on in every bundle's training too. Process-wide and permanent: the process keeps its peak memory.
   ``retain_memory=False`` opts out.
 * **inference mode** (``torch.inference_mode``): no autograd bookkeeping. The result is cloned once on the way out
@@ -112,8 +112,8 @@ class FastInferer(Inferer):
         retain_memory: on CPU, call :func:`common.allocator.retain_freed_memory` before the first pass.
         cpu_sw_batch_size: on CPU, the windows a sliding-window inferer (``SlidingWindowInferer``, ``SliceInferer``)
             passes at once, in place of its own ``sw_batch_size``; ``None`` keeps the inferer's. For 3D windows 1
-            is fastest on CPU (Swin UNETR 96^3: ~1.7 s a window one at a time, ~3.4-4.3 s each four at a time,
-            issue 8); 2D slices gain from batches (RefNet: 16 at a time 6.6 s, one at a time 7.3 s a volume).
+            is fastest on CPU (a Swin UNETR 96^3 window takes about twice as long each when four run at once);
+            2D slices gain a little from batches (RefNet: 16 at a time about 10 % faster a volume).
 
     ``inputs`` is a batch ``(B, C, *spatial)`` on any device; the autocast device type is taken from it, so the
     same config runs on CUDA (bf16 there too on Ampere and newer) and on CPU. Outputs are float32 and are not

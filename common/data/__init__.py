@@ -1,4 +1,22 @@
-"""Dataset readers, datalists and split files for the real on-disk layouts."""
+"""Dataset readers, datalists and split files for the real on-disk layouts.
+
+One home per dataset, and a reader can rely on this rule:
+
+- Each dataset is one package or module here, named after it: :mod:`.brats`, :mod:`.visible_korean` (packages)
+  and :mod:`.btcv` (one module, being small). It holds the dataset's reader (file layout, datalists, split files)
+  and the transforms that belong to that dataset's label convention (:class:`~.brats.ConvertBratsLabelsd`,
+  :class:`~.brats.CheckBratsLabelsd`, :class:`~.brats.RegionsToBratsLabelsd`,
+  :class:`~.visible_korean.ColourCoding`, :class:`~.btcv.BTCVToSynapse12d`).
+- A package splits these into ``reader.py`` (imports neither MONAI nor the phantom generator) and ``transforms.py``
+  (which may import the reader, never the other way round); a step that needs both has its own module
+  (``visible_korean/preparation.py``), and the command line, where the dataset has one, is ``__main__.py``
+  (``python -m common.data.<dataset> ...``). The package's ``__init__`` re-exports the public names, so configs and
+  code say ``common.data.<dataset>.X`` whichever module ``X`` lives in.
+- Transforms that do not depend on a dataset's files or label values live in :mod:`common.transforms`; phantoms
+  written in these layouts in :mod:`common.synthetic`.
+
+This module itself holds what every dataset's evaluation shares: which split an evaluation scores.
+"""
 
 from __future__ import annotations
 

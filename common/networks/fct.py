@@ -49,7 +49,8 @@ NUM_BLOCKS = 9
 
 #: Named configurations (research notes ``fct_refnet.md`` sections 1.3 and 1.4). Keys are :class:`FCT` arguments.
 FCT_PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
-    # The paper's stated filters and heads, quoted by the author in issue 7; Wide-Focus as in TensorFlow/utils.py.
+    # The paper's stated filters and heads, quoted by the author in Thanos-DB/FullyConvolutionalTransformer#7
+    # (upstream #7 below); Wide-Focus as in TensorFlow/utils.py.
     "paper": {
         "filters": (16, 32, 64, 128, 384, 128, 64, 32, 16),
         "heads": (2, 4, 8, 12, 16, 12, 8, 4, 2),
@@ -61,8 +62,8 @@ FCT_PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
         "heads": (2, 2, 2, 2, 2, 2, 2, 2, 2),
         "wide_focus_dilations": (1, 2),
     },
-    # The ACDC 92.84 notebook and the Synapse runs (issue 7): filters 32-512, 2 heads, Wide-Focus dilations 1-2-3
-    # (the notebook's mlp(); the Synapse settings in issue 7 give only filters and heads).
+    # The ACDC 92.84 notebook and the Synapse runs (upstream #7): filters 32-512, 2 heads, Wide-Focus dilations 1-2-3
+    # (the notebook's mlp(); the Synapse settings in upstream #7 give only filters and heads).
     "wide_32_512": {
         "filters": (32, 64, 128, 256, 512, 256, 128, 64, 32),
         "heads": (2, 2, 2, 2, 2, 2, 2, 2, 2),
@@ -527,7 +528,7 @@ class FCT(nn.Module):
 def fct_preset(name: str, in_channels: int = 3, out_channels: int = 3, **overrides) -> FCT:
     """Build the :class:`FCT` preset ``name`` (a key of :data:`FCT_PRESETS`), with any argument overridden.
 
-    - ``"paper"``: the paper's filters 16-384 and heads 2-16 (issue 7), Wide-Focus dilations (1, 2).
+    - ``"paper"``: the paper's filters 16-384 and heads 2-16 (upstream #7), Wide-Focus dilations (1, 2).
     - ``"tf_main"``: what ``TensorFlow/utils.py`` + ``main.py`` build: the same filters, 2 heads everywhere.
     - ``"wide_32_512"``: the ACDC 92.84 notebook and Synapse runs: filters 32-512, 2 heads, dilations (1, 2, 3).
 

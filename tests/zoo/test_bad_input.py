@@ -1,6 +1,6 @@
 """Bad input stops every bundle with one clear message naming the file, what was found and what was expected.
 
-One test per kind of bad input (issue 9), parametrized over the bundles it applies to. Most tests build the
+One test per kind of bad input, parametrized over the bundles it applies to. Most tests build the
 bundle's own preprocessing or datalist from its configs with ``ConfigParser`` and feed it a tiny bad file, so they
 check what each bundle is configured to do; the message is read with :func:`common.errors.bad_input_message`, which
 is what a failed ``python -m monai.bundle run`` prints last. :func:`test_entry_points_exit_nonzero_with_the_message`

@@ -127,10 +127,37 @@ def test_package_is_reproducible_and_vendors_common(tmp_path: Path):
     names = zipfile.ZipFile(first).namelist()
     assert all(n.startswith("tiny_wt_segmentation/") for n in names)
     assert "tiny_wt_segmentation/common/__init__.py" in names
-    for runner in ("ablation", "crossval"):  # the study commands run from an unzipped release too
-        assert f"tiny_wt_segmentation/common/{runner}.py" in names
     assert "tiny_wt_segmentation/configs/inference.json" in names
     assert not any("__pycache__" in n or n.endswith(".pyc") or "/models/" in n for n in names)
+
+
+@pytest.mark.parametrize("bundle", zoo.find_bundles(), ids=lambda b: b.name)
+def test_release_carries_the_common_code_its_bundle_uses(bundle: Path, tmp_path: Path):
+    """Every ``common`` module the configs name imports from the unzipped release alone (the repository out of
+    reach), the study runners of its study configs ship, and the phantom generators and other bundles' engines don't."""
+    archive = zipfile.ZipFile(package_bundle.package_bundle(bundle, tmp_path / "dist"))
+    archive.extractall(tmp_path / "release")
+    names = set(archive.namelist())
+    referenced = set()
+    for config in (bundle / "configs").glob("*.json"):
+        referenced |= set(package_bundle.COMMON_NAME.findall(config.read_text()))
+    modules = {str(package_bundle._module_file(n).relative_to(REPO_ROOT).with_suffix("")) for n in referenced}
+    modules = sorted(m.removesuffix("/__init__").replace("/", ".") for m in modules)
+    runners = [r for p, r in package_bundle.STUDY_RUNNERS.items() if any((bundle / "configs").glob(p))]
+    probe = "".join(f"import {m}; " for m in [*modules, *runners]) + "import common; print(common.__file__)"
+    result = _run([sys.executable, "-c", probe], tmp_path / "release" / bundle.name, _outside_repo_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(str(tmp_path / "release")), result.stdout
+    for main in (n for n in names if n.endswith("/__main__.py")):  # the data commands the README gives
+        package = main.removeprefix(f"{bundle.name}/").removesuffix("/__main__.py").replace("/", ".")
+        result = _run(
+            [sys.executable, "-m", package, "--help"], tmp_path / "release" / bundle.name, _outside_repo_env()
+        )
+        assert result.returncode == 0, result.stderr
+    assert not any(n.startswith(f"{bundle.name}/common/synthetic/") for n in names)
+    own_engine = {"mtcm_kd_t1ce_student": {"mtcm_kd.py", "choi_kd.py"}}.get(bundle.name, set())
+    engines = {n.rsplit("/", 1)[-1] for n in names if n.startswith(f"{bundle.name}/common/engines/")}
+    assert not engines & {"mtcm_kd.py", "choi_kd.py"} - own_engine
 
 
 def test_package_includes_weights_when_present(tmp_path: Path):

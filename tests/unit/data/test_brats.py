@@ -18,6 +18,7 @@ from hypothesis.extra.numpy import arrays
 from monai.data import MetaTensor
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
 
+import common.data.brats.reader as brats_reader
 from common.data.brats import (
     BRATS_2021,
     BRATS_2023,
@@ -30,14 +31,18 @@ from common.data.brats import (
     RegionsToBratsLabelsd,
     brats_datalist,
     check_brats_labels,
+    convention_for_et_label,
     convert_brats_labels,
     detect_convention,
+    inference_convention,
     load_fold,
     make_folds,
     read_split,
     regions_to_brats_labels,
+    split_convention,
     write_split_file,
 )
+from common.errors import bad_input_message
 from tests.helpers import REPO_ROOT
 
 SHAPE = (8, 8, 8)
@@ -337,10 +342,110 @@ def test_load_fold_reads_swinunetr_style_file(tree2021: Path, tmp_path: Path) ->
     assert [it["image"] for it in val] == [items[1]["image"]] and len(train) == 2
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# which label convention a run uses
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_split_convention_is_the_one_the_split_file_records(
+    tree2021: Path, tree2023: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for tree, expected in ((tree2021, BRATS_2021), (tree2023, BRATS_2023)):
+        out = tmp_path / f"{expected.name}.json"
+        split = write_split_file(tree, out, folds=2, test_fraction=0)
+        assert split["convention"] == expected.name and split["et_label"] == expected.et_label
+        with monkeypatch.context() as m:  # recorded: the dataset folder is not listed again
+            m.setattr(brats_reader, "detect_convention", lambda *_: pytest.fail("dataset folder listed again"))
+            assert split_convention(out, tree) is expected
+
+
+def test_split_convention_falls_back_to_the_dataset_folder(tree2021: Path, tree2023: Path, tmp_path: Path) -> None:
+    authors = tmp_path / "folds_data.json"  # the MTCM-KD authors' format records no convention
+    cases = [item["case"] for item in brats_datalist(tree2023)]
+    authors.write_text(json.dumps([{"train_samples": cases[:2], "valid_samples": cases[2:]}]))
+    assert split_convention(authors, tree2023) is BRATS_2023
+    swinunetr = tmp_path / "brats21_folds.json"  # nor does SwinUNETR's
+    item = brats_datalist(tree2021)[0]
+    entry = {"fold": 0, "image": [os.path.relpath(p, tree2021) for p in item["image"]]}
+    swinunetr.write_text(json.dumps({"training": [entry]}))
+    assert split_convention(swinunetr, tree2021) is BRATS_2021
+
+
+def test_split_convention_stops_when_the_record_contradicts_the_folder(tree2021: Path, tmp_path: Path) -> None:
+    out = tmp_path / "split.json"
+    split = write_split_file(tree2021, out, folds=2, test_fraction=0)
+    out.write_text(json.dumps({**split, "convention": "brats2023", "et_label": 3}))
+    with pytest.raises(BratsDataError) as e:
+        split_convention(out, tree2021)
+    message = str(e.value)
+    case_dir = tree2021 / split["training"][0]["case"]
+    assert f"Split file '{out}' records the brats2023 convention (ET label 3)" in message
+    assert f"case folder '{case_dir}' holds BraTS 2021" in message and "ET label 4" in message
+    assert "make-split" in message and bad_input_message(e.value) == message  # one `error:` line in a bundle run
+    out.write_text(json.dumps({**split, "et_label": 3}))
+    with pytest.raises(BratsDataError, match="records the brats2021 convention, whose ET label is 4, but et_label 3"):
+        split_convention(out, tree2021)
+    out.write_text(json.dumps({**split, "convention": "brats2019"}))
+    with pytest.raises(BratsDataError, match=r"records the convention 'brats2019'; expected one of"):
+        split_convention(out, tree2021)
+    with pytest.raises(BratsFileNotFoundError, match="does not exist. Expected one of"):
+        split_convention(out, tmp_path / "nowhere")
+    with pytest.raises(BratsFileNotFoundError, match="make one with"):
+        split_convention(tmp_path / "nowhere.json", tree2021)
+
+
+def test_inference_convention_from_a_lone_file_or_the_dataset_folder(tree2023: Path, tmp_path: Path) -> None:
+    assert inference_convention("", "/in/BraTS-GLI-00000-000-t1c.nii.gz") is BRATS_2023
+    assert inference_convention(tree2023, "/in/BraTS-GLI-00000-000-t2f.nii") is BRATS_2023
+    assert inference_convention(tree2023, Path("/in/BraTS2021_00000_t1ce.nii.gz")) is BRATS_2021  # the file decides
+    assert inference_convention(tree2023, "/in/t1ce.nii.gz") is BRATS_2021
+    assert inference_convention(tree2023, "") is BRATS_2023  # no lone file: the folder's
+    assert inference_convention(tree2023) is BRATS_2023
+    assert inference_convention(tmp_path / "nowhere") is BRATS_2021  # MONAI Label passes no dataset folder
+    assert inference_convention("") is BRATS_2021
+
+
+def test_convention_for_et_label() -> None:
+    assert convention_for_et_label(4) is BRATS_2021 and convention_for_et_label(3) is BRATS_2023
+    assert convention_for_et_label(np.int64(3)) is BRATS_2023
+    for bad in (2, 5, 3.0, "3", None):
+        with pytest.raises(BratsDataError, match=r"et_label must be one of 4 \(brats2021\), 3 \(brats2023\)"):
+            convention_for_et_label(bad)
+
+
+@pytest.mark.parametrize("bundle", ["cohra_unet_brats", "mtcm_kd_t1ce_student"])
+def test_bundle_configs_take_the_convention_from_these_functions(bundle: str, tree2023: Path, tmp_path: Path) -> None:
+    from monai.bundle import ConfigParser
+
+    configs = REPO_ROOT / "bundles" / bundle / "configs"
+    out = tmp_path / "split.json"
+    write_split_file(tree2023, out, folds=2, test_fraction=0)
+    parser = ConfigParser()
+    parser.read_config(str(configs / "train.json"))
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(tree2023), "split_file": str(out)})
+    assert parser.get_parsed_content("et_label") == 3
+    if bundle == "mtcm_kd_t1ce_student":
+        assert parser.get_parsed_content("label_convention") == "brats2023"
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(tree2023)})
+    assert parser.get_parsed_content("et_label") == 3
+    parser.update({"dataset_dir": str(tmp_path / "nowhere")})
+    assert parser.get_parsed_content("et_label", lazy=False) == 4
+    if bundle == "mtcm_kd_t1ce_student":
+        parser.update({"input_image": "/in/BraTS-GLI-00000-000-t1c.nii.gz"})
+        assert parser.get_parsed_content("et_label", lazy=False) == 3
+        assert parser.get_parsed_content("output_convention", lazy=False) == "brats2023"
+        parser.update({"et_label": 4})
+        assert parser.get_parsed_content("output_convention", lazy=False) == "brats2021"
+
+
 def test_cli_make_split(tree11: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli" / "folds.json"
     cmd = [sys.executable, "-m", "common.data.brats", "make-split", "--dataset-dir", str(tree11), "--out", str(out)]
-    run = subprocess.run([*cmd, "--folds", "3", "--seed", "5"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [*cmd, "--folds", "3", "--seed", "5"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     split = json.loads(out.read_text())
     assert split["num_folds"] == 3 and split["seed"] == 5 and len(split["training"]) == 9
@@ -353,7 +458,7 @@ def test_cli_make_split(tree11: Path, tmp_path: Path) -> None:
 
 def test_cli_error_is_one_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """In-process (a second interpreter start costs seconds): a bad folder gives exit code 2 and one line."""
-    from common.data.brats import main
+    from common.data.brats.__main__ import main
 
     rc = main(["make-split", "--dataset-dir", str(tmp_path / "none"), "--out", str(tmp_path / "x.json")])
     err = capsys.readouterr().err

@@ -23,6 +23,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 import common.data.visible_korean as vk
+import common.data.visible_korean.transforms as vk_transforms
 from common.data.visible_korean import (
     GROUP_LABELS,
     ColourCoding,
@@ -520,7 +521,7 @@ def test_prepare_reports_every_bad_file_and_missing_folders(phantoms, tmp_path):
 
 
 def test_docstring_chain_is_the_config():
-    block = re.search(r"transforms\)::\n\n(    \[.*?\n    \])\n", vk.__doc__, re.DOTALL)
+    block = re.search(r"transforms\)::\n\n(    \[.*?\n    \])\n", vk_transforms.__doc__, re.DOTALL)
     assert block is not None
     assert json.loads(block.group(1)) == preprocessing_config()
 

@@ -1,4 +1,4 @@
-"""BraTS on-disk layouts: naming conventions, datalists, k-fold split files and label conventions.
+"""BraTS on disk: file-naming conventions, datalists and k-fold split files.
 
 Two file-naming conventions are in use for the BraTS glioma training data:
 
@@ -19,43 +19,29 @@ are read as ``brats2021`` too.
 Modalities are always named in the 2021 vocabulary (``t1, t1ce, t2, flair``); the 2023 file suffixes
 (``t1n, t1c, t2w, t2f``) are accepted as aliases and are what is looked up on disk for 2023 data.
 
-Label helpers complement MONAI, which already has the forward direction
-(:class:`monai.transforms.ConvertToMultiChannelBasedOnBratsClassesd`, label map -> TC/WT/ET with ``et_label`` 4 or 3):
-
-- :class:`RegionsToBratsLabelsd`: TC/WT/ET channels -> one BraTS label map (the last post-processing step);
-- :class:`ConvertBratsLabelsd`: ``brats2021`` {0,1,2,4} <-> ``brats2023`` {0,1,2,3} <-> ``index`` {0,1,2,3}
-  (contiguous class indices for softmax networks);
-- :class:`CheckBratsLabelsd`: stops with the file name when a label map holds values of another convention,
-  which MONAI's converter would otherwise drop silently (ET=3 data read with ``et_label=4`` has no ET).
-
 Split files follow MONAI research-contributions' SwinUNETR ``brats21_folds.json``
 (``{"training": [{"fold": k, "image": [...], "label": ...}, ...]}``, paths relative to the dataset folder) and add
 a ``testing`` list of held-out cases (20 % by default; never trained on, never used for model selection) and the
 keys ``convention``, ``et_label``, ``modalities``, ``num_folds``, ``seed`` and ``test_fraction``. :func:`read_split`
-reads both this format and the MTCM-KD authors' ``folds_data.json``. Command line::
+reads both this format and the MTCM-KD authors' ``folds_data.json``.
 
-    python -m common.data.brats make-split --dataset-dir /data/BraTS2021 --out /data/brats_folds.json --folds 5
+Which label convention a run uses is decided here too, once per kind of run, so the configs hold no rule of their
+own: training takes the one its split file records (:func:`split_convention`; it was detected when the split was
+made, so the dataset folder is not listed again), inference that of the data it reads (:func:`inference_convention`),
+and a config that is given ``et_label`` derives the convention from it (:func:`convention_for_et_label`).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
+import operator
 import os
-import sys
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
-import torch
-from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
-from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends, convert_to_dst_type
+from typing import Any
 
 from common.errors import BadInputError
 from common.io import atomic_write_json
@@ -66,26 +52,18 @@ __all__ = [
     "BRATS_CONVENTIONS",
     "DEFAULT_MODALITIES",
     "DEFAULT_TEST_FRACTION",
-    "LABEL_CONVENTIONS",
     "BratsConvention",
     "BratsDataError",
     "BratsFileNotFoundError",
-    "BratsLabelError",
-    "CheckBratsLabels",
-    "CheckBratsLabelsd",
-    "ConvertBratsLabels",
-    "ConvertBratsLabelsd",
-    "RegionsToBratsLabels",
-    "RegionsToBratsLabelsd",
     "brats_datalist",
     "case_name_formatter",
-    "check_brats_labels",
-    "convert_brats_labels",
+    "convention_for_et_label",
     "detect_convention",
+    "inference_convention",
     "load_fold",
     "make_folds",
     "read_split",
-    "regions_to_brats_labels",
+    "split_convention",
     "write_split_file",
 ]
 
@@ -111,10 +89,6 @@ class BratsDataError(BadInputError):
 
 class BratsFileNotFoundError(BratsDataError, FileNotFoundError):
     """A BraTS dataset folder or case file does not exist."""
-
-
-class BratsLabelError(BratsDataError):
-    """A label map holds values outside its BraTS label convention."""
 
 
 @dataclass(frozen=True)
@@ -185,13 +159,6 @@ BRATS_2023 = BratsConvention(
     et_label=3,
 )
 BRATS_CONVENTIONS: dict[str, BratsConvention] = {c.name: c for c in (BRATS_2021, BRATS_2023)}
-
-#: Label values of each label convention; ``index`` is the contiguous class index of a 4-class softmax network.
-LABEL_CONVENTIONS: dict[str, tuple[int, ...]] = {
-    BRATS_2021.name: BRATS_2021.label_values,
-    BRATS_2023.name: BRATS_2023.label_values,
-    "index": (0, 1, 2, 3),
-}
 
 
 def _expected_layouts() -> str:
@@ -308,6 +275,54 @@ def detect_convention(dataset_dir: str | os.PathLike) -> BratsConvention:
             f"dataset folder. {_expected_layouts()}"
         )
     return BRATS_CONVENTIONS[present[0]]
+
+
+# a lone BraTS 2023 image file: <case>-<t1n|t1c|t2w|t2f>.nii[.gz]
+_BRATS_2023_IMAGE_ENDINGS = tuple(
+    f"{BRATS_2023.separator}{suffix}{ext}" for _, suffix in BRATS_2023.modality_suffixes for ext in _IMAGE_EXTENSIONS
+)
+
+
+def inference_convention(
+    dataset_dir: str | os.PathLike | None, input_image: str | os.PathLike | None = None
+) -> BratsConvention:
+    """The BraTS convention inference writes its label maps in: that of the data it reads.
+
+    The one rule of both BraTS bundles' ``inference.json`` (``et_label``), in order:
+
+    - ``input_image`` given (a lone file; ``""`` or ``None`` is none): :data:`BRATS_2023` when it is named like a
+      BraTS 2023 image (``<case>-t1n``, ``-t1c``, ``-t2w`` or ``-t2f`` ``.nii[.gz]``), else :data:`BRATS_2021`;
+    - ``dataset_dir`` is a folder: its convention (:func:`detect_convention`);
+    - otherwise :data:`BRATS_2021`: MONAI Label and MONAI Deploy pass images but no dataset folder.
+
+    Raises:
+        BratsFileNotFoundError, BratsDataError: ``dataset_dir`` is a folder that :func:`detect_convention` rejects.
+    """
+    if input_image:
+        return BRATS_2023 if os.fspath(input_image).endswith(_BRATS_2023_IMAGE_ENDINGS) else BRATS_2021
+    if dataset_dir and os.path.isdir(dataset_dir):
+        return detect_convention(dataset_dir)
+    return BRATS_2021
+
+
+def convention_for_et_label(et_label: int) -> BratsConvention:
+    """The BraTS convention whose enhancing-tumour label is ``et_label``: 4 :data:`BRATS_2021`, 3 :data:`BRATS_2023`.
+
+    Configs derive a label convention name (``ConvertBratsLabelsd``'s ``source`` or ``target``) from their
+    ``et_label`` with it, so that overriding ``et_label`` alone changes both.
+
+    Raises:
+        BratsDataError: ``et_label`` is the ET label of no BraTS convention.
+    """
+    try:
+        value = operator.index(et_label)  # any integer type, not 4.0 or "4"
+    except TypeError:
+        value = None
+    for convention in BRATS_CONVENTIONS.values():
+        if convention.et_label == value:
+            return convention
+    expected = ", ".join(f"{c.et_label} ({c.name})" for c in BRATS_CONVENTIONS.values())
+    raise BratsDataError(f"et_label must be one of {expected}, got {et_label!r}.")
 
 
 def brats_datalist(
@@ -648,275 +663,58 @@ def read_split(
     return [item for item in train if item["case"] not in held_out], val, test
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# label conventions
-# ---------------------------------------------------------------------------------------------------------------
+def _first_case_dir(split: Mapping[str, Any], root: Path) -> Path | None:
+    """The case folder of the first case a split file lists, or ``None`` when it lists none."""
+    for key in ("training", "testing"):
+        for entry in split.get(key) or []:
+            if isinstance(entry, dict) and entry.get("image"):
+                image = entry["image"] if isinstance(entry["image"], str) else entry["image"][0]
+                return Path(os.path.join(root, image)).parent
+    return None
 
 
-def _label_values(convention: str | BratsConvention) -> tuple[int, ...]:
-    if isinstance(convention, BratsConvention):
-        return convention.label_values
-    if convention not in LABEL_CONVENTIONS:
+def split_convention(split_file: str | os.PathLike, dataset_dir: str | os.PathLike) -> BratsConvention:
+    """The BraTS convention of the cases a split file lists: the one it records, checked against the dataset folder.
+
+    :func:`make_folds` records the convention it detected (``convention`` and ``et_label``), so training reads it
+    here instead of listing the whole dataset folder again; only the folder of the first listed case is looked at,
+    to catch a split file made from, or edited for, other data. A split file that records none (the MTCM-KD authors'
+    ``folds_data.json``, SwinUNETR's ``brats21_folds.json``) falls back to :func:`detect_convention` of
+    ``dataset_dir``. Missing case files are :func:`read_split`'s to report.
+
+    Raises:
+        BratsFileNotFoundError: the dataset folder or the split file does not exist.
+        BratsDataError: the split file is not valid JSON, records an unknown convention or an ``et_label`` of
+            another convention, or its first case folder holds files of the other convention.
+    """
+    root = _existing_dir(dataset_dir)
+    path = Path(split_file).expanduser()
+    split = _read_split_json(path)
+    recorded = split.get("convention") if isinstance(split, dict) else None
+    if recorded is None:
+        return detect_convention(root)
+    if not isinstance(recorded, str) or recorded not in BRATS_CONVENTIONS:
         raise BratsDataError(
-            f"Unknown BraTS label convention {convention!r}; expected one of {sorted(LABEL_CONVENTIONS)}."
+            f"Split file '{path}' records the convention {recorded!r}; expected one of {sorted(BRATS_CONVENTIONS)}."
         )
-    return LABEL_CONVENTIONS[convention]
-
-
-def _convention_name(convention: str | BratsConvention) -> str:
-    return convention.name if isinstance(convention, BratsConvention) else convention
-
-
-def _source_name(label: Any, fallback: str | None) -> str:
-    if isinstance(label, MetaTensor):
-        name = label.meta.get("filename_or_obj")
-        if name:
-            return str(name)
-    return fallback or "<label map without file name>"
-
-
-def _unique_values(label: NdarrayOrTensor) -> list[float]:
-    values = torch.unique(label.detach()) if isinstance(label, torch.Tensor) else np.unique(np.asarray(label))
-    return [float(v) for v in values.tolist()]
-
-
-def _fmt(values: Sequence[float]) -> str:
-    return "[" + ", ".join(str(int(v)) if float(v).is_integer() else repr(v) for v in values) + "]"
-
-
-def check_brats_labels(
-    label: NdarrayOrTensor, convention: str | BratsConvention = "brats2021", name: str | None = None
-) -> None:
-    """Raise :class:`BratsLabelError` unless every value of ``label`` belongs to ``convention``.
-
-    Args:
-        label: a label map of any shape (numpy array, tensor or MetaTensor).
-        convention: ``"brats2021"`` {0,1,2,4}, ``"brats2023"`` {0,1,2,3} or ``"index"`` {0,1,2,3}.
-        name: what to call the label map in the message when it carries no ``filename_or_obj`` meta data.
-    """
-    allowed = _label_values(convention)
-    found = _unique_values(label)
-    unexpected = [v for v in found if v not in allowed]
-    if not unexpected:
-        return
-    matches = [
-        c
-        for c, vals in LABEL_CONVENTIONS.items()
-        if c != "index" and c != _convention_name(convention) and all(v in vals for v in found)
-    ]
-    hint = f" The values fit the {matches[0]} convention: is the dataset or et_label set right?" if matches else ""
-    raise BratsLabelError(
-        f"Label map '{_source_name(label, name)}' holds values {_fmt(found)}, but the "
-        f"{_convention_name(convention)} convention allows only {_fmt(allowed)} "
-        f"(unexpected: {_fmt(unexpected)}).{hint}"
-    )
-
-
-def convert_brats_labels(
-    label: NdarrayOrTensor,
-    source: str | BratsConvention,
-    target: str | BratsConvention,
-    name: str | None = None,
-) -> NdarrayOrTensor:
-    """Map a label map between BraTS label conventions, keeping its type, dtype and meta data.
-
-    ``brats2021`` {0, 1, 2, 4}, ``brats2023`` {0, 1, 2, 3} and ``index`` {0, 1, 2, 3} (the class index of a
-    4-class softmax network: 0 background, 1 NCR, 2 ED, 3 ET) differ only in the ET value. The values are checked
-    against ``source`` first (see :func:`check_brats_labels`), so a wrong source convention stops with a message
-    instead of producing a label map without ET.
-    """
-    check_brats_labels(label, source, name)
-    src_et, dst_et = _label_values(source)[3], _label_values(target)[3]
-    if src_et == dst_et:
-        return label
-    if isinstance(label, torch.Tensor):
-        return torch.where(label == src_et, torch.as_tensor(dst_et, dtype=label.dtype, device=label.device), label)
-    out = np.where(np.asarray(label) == src_et, dst_et, label)
-    return out.astype(np.asarray(label).dtype, copy=False)
-
-
-def regions_to_brats_labels(
-    regions: NdarrayOrTensor, et_label: int = 4, dtype: DtypeLike | torch.dtype = torch.float32
-) -> NdarrayOrTensor:
-    """Turn binary TC/WT/ET channels into one BraTS label map.
-
-    ET -> ``et_label``, TC minus ET -> 1 (NCR), WT minus TC -> 2 (ED), elsewhere 0. ET wins where regions are
-    inconsistent (an ET voxel outside TC still gets ``et_label``), as in MONAI's brats_mri_segmentation bundle.
-
-    Args:
-        regions: ``(3, *spatial)``, channels TC, WT, ET, as produced by
-            ``ConvertToMultiChannelBasedOnBratsClasses`` or by thresholding sigmoid outputs; values > 0.5 count
-            as inside a region (bool, 0/1 or probabilities).
-        et_label: 4 for BraTS 2018-2022 (brats2021 convention), 3 for BraTS 2023.
-        dtype: output dtype.
-
-    Returns:
-        ``(1, *spatial)`` label map of the input's type; a MetaTensor input keeps its meta data.
-    """
-    if et_label in (0, 1, 2):
-        raise BratsDataError(f"et_label must not be 0, 1 or 2 (background, NCR and ED), got {et_label}.")
-    if regions.ndim < 2 or regions.shape[0] != 3:
+    convention = BRATS_CONVENTIONS[recorded]
+    et_label = split.get("et_label", convention.et_label)
+    if et_label != convention.et_label:
         raise BratsDataError(
-            f"Expected TC/WT/ET regions of shape (3, *spatial), got {tuple(regions.shape)}; "
-            "apply per item (after decollation), not to a batch."
+            f"Split file '{path}' records the {convention.name} convention, whose ET label is {convention.et_label}, "
+            f"but et_label {et_label!r}; remake it with 'python -m common.data.brats make-split --dataset-dir {root} "
+            f"--out {path}'."
         )
-    x = regions.as_tensor() if isinstance(regions, MetaTensor) else torch.as_tensor(regions)
-    if x.dtype == torch.bool:
-        inside = x
-    else:
-        inside = x > 0.5
-    out = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
-    # paint from the outermost region inwards so inner regions override outer ones
-    out[inside[1]] = 2
-    out[inside[0]] = 1
-    out[inside[2]] = et_label
-    result, *_ = convert_to_dst_type(out[None], regions, dtype=dtype)
-    return result
-
-
-class CheckBratsLabels(Transform):
-    """Stop with the file name when a label map holds values outside its BraTS label convention.
-
-    Args:
-        convention: ``"brats2021"``, ``"brats2023"`` or ``"index"``.
-    """
-
-    backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(self, convention: str | BratsConvention = "brats2021") -> None:
-        _label_values(convention)
-        self.convention = convention
-
-    def __call__(self, label: NdarrayOrTensor, name: str | None = None) -> NdarrayOrTensor:
-        check_brats_labels(label, self.convention, name)
-        return label
-
-
-class ConvertBratsLabels(Transform):
-    """Map a label map from one BraTS label convention to another (see :func:`convert_brats_labels`).
-
-    Args:
-        source: convention of the input, ``"brats2021"``, ``"brats2023"`` or ``"index"``.
-        target: convention of the output.
-    """
-
-    backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(self, source: str | BratsConvention = "brats2021", target: str | BratsConvention = "index") -> None:
-        _label_values(source)
-        _label_values(target)
-        self.source = source
-        self.target = target
-
-    def __call__(self, label: NdarrayOrTensor, name: str | None = None) -> NdarrayOrTensor:
-        return convert_brats_labels(label, self.source, self.target, name)
-
-
-class RegionsToBratsLabels(Transform):
-    """Array version of :class:`RegionsToBratsLabelsd` (see :func:`regions_to_brats_labels`)."""
-
-    backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(self, et_label: int = 4, dtype: DtypeLike | torch.dtype = torch.float32) -> None:
-        if et_label in (0, 1, 2):
-            raise BratsDataError(f"et_label must not be 0, 1 or 2 (background, NCR and ED), got {et_label}.")
-        self.et_label = et_label
-        self.dtype = dtype
-
-    def __call__(self, regions: NdarrayOrTensor) -> NdarrayOrTensor:
-        return regions_to_brats_labels(regions, self.et_label, self.dtype)
-
-
-def _name_in_dict(d: Mapping[Hashable, Any], key: Hashable) -> str:
-    meta = d.get(f"{key}_meta_dict")
-    if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
-        return str(meta["filename_or_obj"])
-    return f"data[{key!r}]"
-
-
-class CheckBratsLabelsd(MapTransform):
-    """Dictionary version of :class:`CheckBratsLabels`; the data pass through unchanged.
-
-    Put it right after ``LoadImaged`` so that a BraTS 2023 label (ET=3) given to a 2021 pipeline (ET=4) stops with
-    the file name instead of training without ET.
-
-    Args:
-        keys: keys of the label maps.
-        convention: ``"brats2021"``, ``"brats2023"`` or ``"index"``.
-        allow_missing_keys: don't raise if a key is missing.
-    """
-
-    def __init__(
-        self, keys: KeysCollection, convention: str | BratsConvention = "brats2021", allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.checker = CheckBratsLabels(convention)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            self.checker(d[key], _name_in_dict(d, key))
-        return d
-
-
-class ConvertBratsLabelsd(MapTransform):
-    """Dictionary version of :class:`ConvertBratsLabels`.
-
-    Typical uses: ``source="brats2021", target="index"`` before a 4-class softmax loss on BraTS 2021 labels, and
-    ``source="index", target="brats2021"`` on the argmax of the prediction before saving.
-
-    Args:
-        keys: keys of the label maps.
-        source: convention of the input, ``"brats2021"``, ``"brats2023"`` or ``"index"``.
-        target: convention of the output.
-        allow_missing_keys: don't raise if a key is missing.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        source: str | BratsConvention = "brats2021",
-        target: str | BratsConvention = "index",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = ConvertBratsLabels(source, target)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key], _name_in_dict(d, key))
-        return d
-
-
-class RegionsToBratsLabelsd(MapTransform):
-    """Turn a 3-channel binary TC/WT/ET prediction into one single-channel BraTS label map.
-
-    The inverse of MONAI's ``ConvertToMultiChannelBasedOnBratsClassesd`` and the last post-processing step of a
-    region-based (sigmoid) BraTS bundle: ET -> ``et_label``, TC minus ET -> 1, WT minus TC -> 2, else 0.
-
-    Args:
-        keys: keys of the ``(3, *spatial)`` region maps (channels first, one item, not a batch).
-        et_label: 4 for the BraTS 2018-2022 label convention, 3 for BraTS 2023.
-        dtype: output dtype (``SaveImaged(output_dtype=...)`` decides the dtype on disk).
-        allow_missing_keys: don't raise if a key is missing.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        et_label: int = 4,
-        dtype: DtypeLike | torch.dtype = torch.float32,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = RegionsToBratsLabels(et_label, dtype)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
-        return d
+    case_dir = _first_case_dir(split, root)
+    found = _classify_case_dir(case_dir) if case_dir is not None and case_dir.is_dir() else None
+    if found is not None and found is not convention:
+        raise BratsDataError(
+            f"Split file '{path}' records the {convention.name} convention (ET label {convention.et_label}), but its "
+            f"case folder '{case_dir}' holds {found.title} files ({found.name}, ET label {found.et_label}); was the "
+            f"split made from another dataset folder? Remake it with 'python -m common.data.brats make-split "
+            f"--dataset-dir {root} --out {path}'."
+        )
+    return convention
 
 
 def case_name_formatter(metadict: dict, saver: Any) -> dict:
@@ -927,58 +725,3 @@ def case_name_formatter(metadict: dict, saver: Any) -> dict:
     """
     source = Path(str(metadict.get("filename_or_obj", "")))
     return {"subject": source.parent.name or source.name, "idx": metadict.get("patch_index")}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m common.data.brats make-split --dataset-dir D --out F [--folds 5] [--seed 0] [--test-fraction F]``."""
-    parser = argparse.ArgumentParser(prog="python -m common.data.brats", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    ms = sub.add_parser("make-split", help="write a k-fold cross-validation split file of a BraTS dataset folder")
-    ms.add_argument("--dataset-dir", required=True, help="folder holding one sub-folder per BraTS case")
-    ms.add_argument("--out", required=True, help="JSON file to write (atomically)")
-    ms.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    ms.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
-    ms.add_argument(
-        "--test-fraction",
-        type=float,
-        default=DEFAULT_TEST_FRACTION,
-        help=f"share of the cases held out as test cases, never trained on (default {DEFAULT_TEST_FRACTION}; 0: none)",
-    )
-    ms.add_argument(
-        "--modalities",
-        nargs="+",
-        default=list(DEFAULT_MODALITIES),
-        help="channel order, 2021 names (default: t1 t1ce t2 flair)",
-    )
-    ms.add_argument("--no-label", action="store_true", help="do not require or list the seg files")
-    args = parser.parse_args(argv)
-
-    try:
-        split = write_split_file(
-            args.dataset_dir,
-            args.out,
-            folds=args.folds,
-            seed=args.seed,
-            modalities=args.modalities,
-            with_label=not args.no_label,
-            test_fraction=args.test_fraction,
-        )
-    except BratsDataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    sizes = [sum(1 for e in split["training"] if e["fold"] == k) for k in range(split["num_folds"])]
-    print(
-        f"wrote {args.out}: {len(split['testing'])} held-out test and {len(split['training'])} cross-validation "
-        f"cases ({split['convention']}), {split['num_folds']} folds of sizes {sizes}, seed {split['seed']}, "
-        f"modalities {split['modalities']}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
-"""Visible Korean (VK) body slices: colour table, colour-coded segmentations to bone/muscle label maps, the 8:2
-split with a quality-check list, and the MONAI preprocessing of the ``fct_visible_korean`` bundle.
+"""Visible Korean (VK) on disk: the dataset folder, its colour table and slice PNGs, the block-wise split, and
+the datalists the ``fct_visible_korean`` bundle reads.
 
 On-disk layout (the one :mod:`common.synthetic.visible_korean` writes its phantoms in)::
 
@@ -16,31 +16,6 @@ holds the columns ``structure, group, red, green, blue`` (any order; extra colum
 ignored). ``group`` is ``bone``, ``muscle`` or ``other``; colours are integers 0-255. Structure names and colours
 must be unique (two structures sharing a colour cannot be told apart) and (0, 0, 0) is reserved for unlabelled
 pixels. Every problem is reported with the file name and its row number (the header is row 1).
-
-Label maps (:class:`ColourCoding`, :func:`segmentation_to_labels`): :data:`VK_LABELS` = {0 background, 1 bone,
-2 muscle}. A pixel whose colour is a ``bone`` structure's becomes 1, a ``muscle`` structure's 2, an ``other``
-structure's or black 0. A colour that is in no row of the table is an error by default (a wrong or outdated table
-would otherwise silently turn structures into background); ``unknown="background"`` maps such colours to 0 and logs
-a warning. Either way the message names the file and lists the unknown colours with their pixel counts, most
-frequent first. The look-up is one gather from a 2**24-entry table indexed by the packed RGB value, so a
-2048 x 1216 slice takes milliseconds.
-
-Preparation (:func:`prepare`)::
-
-    python -m common.data.visible_korean prepare --dataset-dir DIR --out OUT \\
-        [--test-fraction 0.2] [--val-fraction 0.2] [--quality-check 4] [--block-size 50] [--seed 0]
-        [--unknown-colours error]
-
-It checks every slice pair (both files present, 8-bit RGB PNG, same H x W), converts every segmentation and
-writes ``OUT/labels/<name>.png`` (uint8 label map, same H x W as the photograph, values in {0, 1, 2}), then
-``OUT/datalist.json`` last. All problems of all files are gathered into one error raised after the scan; an old
-``datalist.json`` is removed before the scan, so a failed run never leaves a datalist behind, and every file is
-written atomically (temporary file, then rename). The datalist holds ``test``, ``training``, ``validation`` and
-``quality_check`` lists of ``{"image": ..., "label": ...}`` with absolute paths
-(``monai.data.load_decathlon_datalist`` accepts any ``base_dir``), plus ``labels`` (decathlon style
-``{"0": "background", ...}``), the split arguments, ``dataset_dir``, ``colour_table_sha256`` and ``num_test`` /
-``num_training`` / ``num_validation`` / ``num_quality_check``. The same inputs and arguments give byte-identical
-outputs.
 
 Bundle inputs: :func:`load_datalist` reads one list of the prepared ``datalist.json`` for training and evaluation,
 :func:`image_datalist` builds the inference list from one photograph or a folder of photographs; both check that
@@ -61,121 +36,62 @@ the whole-body set) are spread evenly over the held-out slices, so they lie in d
 from both training and validation; their neighbours are validation slices, so the network never trained near them.
 Use ``--quality-check 0`` to keep every slice for training and validation.
 
-MONAI preprocessing of the bundle (:func:`preprocessing_config`; the bundle configs list these
-transforms)::
-
-    [
-        {"_target_": "LoadImaged", "keys": ["image", "label"]},
-        {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
-        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0, "a_max": 255, "b_min": 0.0, "b_max": 1.0,
-         "clip": true},
-        {"_target_": "Resized", "keys": ["image", "label"], "spatial_size": 256, "size_mode": "longest",
-         "mode": ["area", "nearest-exact"]},
-        {"_target_": "SpatialPadd", "keys": ["image", "label"], "spatial_size": [256, 256]}
-    ]
-
-- The configs add the input checks of :mod:`common.transforms.validation` (``ValidateImageFilesd`` before
-  ``LoadImaged``, ``ValidateImaged`` after ``EnsureChannelFirstd``), which pass good data through unchanged and
-  stop on a truncated, non-PNG, non-RGB or blank file with its name.
-- ``LoadImaged`` reads PNGs with MONAI's ``PILReader``, which swaps the two axes (``reverse_indexing``): an H x W
-  photograph arrives as ``(W, H, 3)`` and its label as ``(W, H)``. Both are swapped alike, so they stay aligned, and
-  ``SaveImaged(output_ext=".png")`` swaps back, so predictions are written H x W like the input.
-- The photograph becomes ``(3, W, H)``, the label ``(1, W, H)``; intensities are divided by 255 (a fixed range, not
-  per-image min/max, so a pale slice stays pale).
-- The longest side is resized to 256 keeping the aspect ratio (2048 x 1216 becomes 256 x 152). The photograph uses
-  ``area`` averaging: a box filter, so shrinking 8-fold does not alias (``bilinear`` with ``anti_aliasing`` would
-  too, but its large Gaussian blur is far slower on a CPU). The label uses ``nearest-exact``, so its values stay in
-  {0, 1, 2}; plain ``nearest`` samples the first source pixel of each output pixel instead of its centre and
-  shifts the label by half an output pixel (3.5 source pixels at 8-fold) against the area-averaged photograph.
-- The short side is padded symmetrically with zeros to 256. Together this is pad-to-square then resize, without
-  distorting the 1.68 : 1 slices (a plain resize to 256 x 256 would squash them).
-- Inference: ``Invertd(keys="pred", transform="@preprocessing", orig_keys="image", nearest_interp=False)`` on the
-  ``(3, 256, 256)`` softmax output undoes the padding and the resize, then ``AsDiscreted(keys="pred",
-  argmax=True)`` gives the label map at the photograph's own size (``nearest_interp=True`` on the argmax works
-  too); ``SaveImaged(keys="pred", output_ext=".png", output_dtype=numpy.uint8, scale=None, resample=False)``
-  writes it as an H x W PNG.
+What the colour table's groups become in a label map is :mod:`.transforms`' business, writing the label maps
+and the datalist :mod:`.preparation`'s. Nothing here imports MONAI or the phantom generator.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
 import json
-import logging
 import math
 import os
 import re
 import struct
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from common.errors import BadInputError
-from common.io import atomic_write_bytes, atomic_write_json
 
 __all__ = [
-    "VK_LABELS",
     "GROUPS",
-    "GROUP_LABELS",
     "COLOUR_TABLE_NAME",
     "COLOUR_TABLE_COLUMNS",
     "DATALIST_NAME",
-    "UNKNOWN_COLOUR_POLICIES",
     "VKDataError",
     "VKFileNotFoundError",
-    "UnknownColoursError",
     "ColourTableEntry",
-    "ColourCoding",
     "SlicePaths",
     "read_colour_table",
-    "segmentation_to_labels",
-    "format_colour_counts",
     "read_rgb_png",
     "read_pair",
     "list_slices",
     "split_slices",
-    "prepare",
     "load_datalist",
     "image_datalist",
-    "preprocessing_config",
-    "vk_preprocessing",
-    "main",
 ]
-
-logger = logging.getLogger(__name__)
-
-VK_LABELS: dict[str, int] = {"background": 0, "bone": 1, "muscle": 2}
-"""Label values of the prepared label maps and of the network's classes."""
 
 GROUPS: tuple[str, ...] = ("bone", "muscle", "other")
 """Allowed values of the colour table's ``group`` column."""
 
-GROUP_LABELS: dict[str, int] = {"bone": VK_LABELS["bone"], "muscle": VK_LABELS["muscle"], "other": 0}
-"""Label value of every structure of a group."""
-
 COLOUR_TABLE_NAME = "colour_table.csv"
 COLOUR_TABLE_COLUMNS: tuple[str, ...] = ("structure", "group", "red", "green", "blue")
 DATALIST_NAME = "datalist.json"
-UNKNOWN_COLOUR_POLICIES: tuple[str, ...] = ("error", "background")
 
 DEFAULT_VAL_FRACTION = 0.2
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_QUALITY_CHECK = 4
 DEFAULT_BLOCK_SIZE = 50
-DEFAULT_SIZE = 256
 
 RGB = tuple[int, int, int]
-ColourCount = tuple[RGB, int]
 
-_UNKNOWN = 255  # look-up value of colours in no row of the table; never a label value
-_SHOWN_COLOURS = 10  # unknown colours listed per message
 _SHOWN_PROBLEMS = 20  # colour-table problems listed per message
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
@@ -193,25 +109,6 @@ class VKDataError(BadInputError):
 
 class VKFileNotFoundError(VKDataError, FileNotFoundError):
     """A Visible Korean dataset folder or file does not exist."""
-
-
-class UnknownColoursError(VKDataError):
-    """A segmentation holds colours that are in no row of the colour table.
-
-    Attributes:
-        name: the segmentation's file name (or what the caller called the array).
-        colours: ``[((r, g, b), pixel count), ...]``, most frequent first.
-    """
-
-    def __init__(self, name: str, colours: Sequence[ColourCount]):
-        self.name = name
-        self.colours = list(colours)
-        super().__init__(
-            f"Segmentation '{name}' holds {len(self.colours)} colour(s) that are in no row of the colour table: "
-            f"{format_colour_counts(self.colours)}. Expected only colours of the table or (0, 0, 0) for unlabelled; "
-            "add the structures to the table, or pass unknown='background' (--unknown-colours background) to "
-            "treat them as background."
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -313,144 +210,6 @@ def read_colour_table(path: str | os.PathLike) -> dict[str, ColourTableEntry]:
     if not table:
         raise VKDataError(f"Colour table '{path}' has a header but no rows; expected one row per structure.")
     return table
-
-
-def _colour_table_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# colour-coded segmentation -> label map
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _packed(rgb: np.ndarray) -> np.ndarray:
-    """``(..., 3)`` uint8 -> ``(...)`` int32 ``r << 16 | g << 8 | b``."""
-    rgb = rgb.astype(np.int32, copy=False)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-def _unpacked(code: int) -> RGB:
-    return (code >> 16) & 255, (code >> 8) & 255, code & 255
-
-
-def format_colour_counts(colours: Sequence[ColourCount], limit: int = _SHOWN_COLOURS) -> str:
-    """``"(12, 34, 56) x 120 px, (1, 2, 3) x 5 px and 4 more colour(s) (9 px)"``: the first ``limit`` colours."""
-    shown = ", ".join(f"{tuple(rgb)} x {count} px" for rgb, count in colours[:limit])
-    rest = colours[limit:]
-    if rest:
-        shown += f" and {len(rest)} more colour(s) ({sum(c for _, c in rest)} px)"
-    return shown
-
-
-def _check_rgb_array(segmentation: Any, name: str) -> np.ndarray:
-    array = np.asarray(segmentation)
-    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
-        raise VKDataError(
-            f"Segmentation '{name}' is an array of shape {array.shape} and dtype {array.dtype}; expected an RGB "
-            "image of shape (H, W, 3) and dtype uint8."
-        )
-    return array
-
-
-class ColourCoding:
-    """Converts colour-coded segmentations to label maps {0 background, 1 bone, 2 muscle} with one colour table.
-
-    Build it once and apply it to many slices: it holds a 16 MiB look-up table indexed by the packed RGB value.
-
-    Args:
-        table: structure -> ``(group, (r, g, b))``, as returned by :func:`read_colour_table`.
-        source: what to call the table in messages (e.g. its file name).
-
-    Raises:
-        VKDataError: a group is not one of :data:`GROUPS`, a colour is (0, 0, 0) or outside 0-255, or one colour
-            belongs to two structures.
-    """
-
-    def __init__(self, table: Mapping[str, tuple[str, Sequence[int]]], source: str = "colour table") -> None:
-        self._lut = np.full(1 << 24, _UNKNOWN, np.uint8)
-        self._lut[0] = 0
-        owner: dict[RGB, str] = {}
-        for name, (group, colour) in table.items():
-            rgb = tuple(int(c) for c in colour)
-            if group not in GROUPS:
-                raise VKDataError(f"{source}: structure '{name}' has bad group '{group}'; expected one of {GROUPS}.")
-            if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb) or rgb == (0, 0, 0):
-                raise VKDataError(
-                    f"{source}: structure '{name}' has colour {rgb}; expected 3 integers in 0-255, not (0, 0, 0) "
-                    "(reserved for unlabelled pixels)."
-                )
-            if rgb in owner:
-                raise VKDataError(f"{source}: structures '{owner[rgb]}' and '{name}' share the colour {rgb}.")
-            owner[rgb] = name
-            self._lut[(rgb[0] << 16) | (rgb[1] << 8) | rgb[2]] = GROUP_LABELS[group]
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> ColourCoding:
-        """Read ``path`` with :func:`read_colour_table` and build the coding."""
-        return cls(read_colour_table(path), source=f"Colour table '{path}'")
-
-    def decode(self, segmentation: np.ndarray, name: str = "<array>") -> tuple[np.ndarray, list[ColourCount]]:
-        """Label map of ``segmentation`` with unknown colours set to 0, and the unknown colours.
-
-        Args:
-            segmentation: ``(H, W, 3)`` uint8 colour-coded segmentation.
-            name: what to call the array in messages.
-
-        Returns:
-            ``(labels, unknown)``: ``labels`` is ``(H, W)`` uint8 with values in {0, 1, 2}; ``unknown`` lists
-            ``((r, g, b), pixel count)`` of the colours in no row of the table, most frequent first (empty if none).
-        """
-        codes = _packed(_check_rgb_array(segmentation, name))
-        labels = self._lut[codes]
-        is_unknown = labels == _UNKNOWN
-        if not is_unknown.any():
-            return labels, []
-        values, counts = np.unique(codes[is_unknown], return_counts=True)
-        order = np.lexsort((values, -counts))  # most frequent first, ties by colour for a stable message
-        unknown = [(_unpacked(int(v)), int(c)) for v, c in zip(values[order], counts[order], strict=True)]
-        labels[is_unknown] = 0
-        return labels, unknown
-
-    def __call__(self, segmentation: np.ndarray, name: str = "<array>", unknown: str = "error") -> np.ndarray:
-        """``(H, W)`` uint8 label map of an ``(H, W, 3)`` uint8 segmentation.
-
-        Args:
-            segmentation: colour-coded segmentation.
-            name: what to call it in messages (the file name).
-            unknown: ``"error"`` raises :class:`UnknownColoursError` when a colour is in no row of the table;
-                ``"background"`` maps such colours to 0 and logs a warning listing them.
-        """
-        _check_policy(unknown)
-        labels, colours = self.decode(segmentation, name)
-        if colours:
-            if unknown == "error":
-                raise UnknownColoursError(name, colours)
-            logger.warning(
-                "Segmentation '%s': %d colour(s) in no row of the colour table set to background: %s",
-                name,
-                len(colours),
-                format_colour_counts(colours),
-            )
-        return labels
-
-
-def _check_policy(unknown: str) -> None:
-    if unknown not in UNKNOWN_COLOUR_POLICIES:
-        raise VKDataError(f"unknown must be one of {UNKNOWN_COLOUR_POLICIES}, got {unknown!r}.")
-
-
-def segmentation_to_labels(
-    segmentation: np.ndarray,
-    table: Mapping[str, tuple[str, Sequence[int]]],
-    unknown: str = "error",
-    name: str = "<array>",
-) -> np.ndarray:
-    """``(H, W)`` uint8 label map {0 background, 1 bone, 2 muscle} of an ``(H, W, 3)`` uint8 segmentation.
-
-    A one-off convenience around :class:`ColourCoding`; build a :class:`ColourCoding` once to convert many slices.
-    """
-    return ColourCoding(table)(segmentation, name=name, unknown=unknown)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -680,144 +439,6 @@ def split_slices(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# preparation
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _label_png(labels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(labels).save(buf, format="PNG")  # (H, W) uint8 -> 8-bit greyscale PNG
-    return buf.getvalue()
-
-
-def prepare(
-    dataset_dir: str | os.PathLike,
-    out: str | os.PathLike,
-    val_fraction: float = DEFAULT_VAL_FRACTION,
-    quality_check: int = DEFAULT_QUALITY_CHECK,
-    seed: int = 0,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    unknown: str = "error",
-    verbose: bool = False,
-    test_fraction: float = DEFAULT_TEST_FRACTION,
-) -> dict[str, Any]:
-    """Write ``out/labels/<name>.png`` for every slice and then ``out/datalist.json`` (module docstring).
-
-    Args:
-        dataset_dir: a VK dataset folder (module docstring).
-        out: output folder (created if missing); may be ``dataset_dir`` itself.
-        val_fraction, quality_check, seed, block_size, test_fraction: see :func:`split_slices`.
-        unknown: ``"error"`` stops when any segmentation holds a colour in no row of the table; ``"background"``
-            maps such colours to 0, logs one warning and records the files in the datalist.
-        verbose: print progress every 100 slices and a summary.
-
-    Returns:
-        The datalist that was written.
-
-    Raises:
-        VKFileNotFoundError, VKDataError: bad folder, colour table, arguments or slices. Slice problems (missing or
-        non-RGB files, size mismatches, unknown colours) of all slices are gathered into one error raised after
-        the scan; no ``datalist.json`` is left in ``out`` then.
-    """
-    _check_policy(unknown)
-    root = Path(dataset_dir).expanduser().resolve()
-    slices = list_slices(root)
-    table_path = root / COLOUR_TABLE_NAME
-    coding = ColourCoding.from_file(table_path)
-    split = split_slices([s.number for s in slices], val_fraction, quality_check, seed, block_size, test_fraction)
-
-    out_dir = Path(out).expanduser().resolve()
-    label_dir = out_dir / "labels"
-    (out_dir / DATALIST_NAME).unlink(missing_ok=True)
-    problems: list[str] = []
-    with_unknown: list[tuple[SlicePaths, list[ColourCount]]] = []
-    for i, s in enumerate(slices):
-        if verbose and i and i % 100 == 0:
-            print(f"prepare: [{i}/{len(slices)}] {s.name}", flush=True)
-        try:
-            _check_pair(s.image, s.segmentation)
-            labels, colours = coding.decode(read_rgb_png(s.segmentation, "Segmentation"), str(s.segmentation))
-        except VKDataError as e:
-            problems.append(str(e))
-            continue
-        if colours:
-            with_unknown.append((s, colours))
-        failing = problems or (with_unknown and unknown == "error")
-        if not failing:  # after the first problem only scan, so that one error can name every bad file
-            atomic_write_bytes(label_dir / f"{s.name}.png", _label_png(labels))
-
-    unknown_lines = [f"'{s.segmentation}': {format_colour_counts(c, limit=3)}" for s, c in with_unknown]
-    if with_unknown and unknown == "error":
-        problems.append(
-            f"{len(with_unknown)} of {len(slices)} segmentation(s) hold colours that are in no row of colour table "
-            f"'{table_path}' (expected only its colours or (0, 0, 0) for unlabelled; fix the table or pass "
-            f"--unknown-colours background):\n  {_overall_unknown(with_unknown)}\n  " + "\n  ".join(unknown_lines)
-        )
-    if problems:
-        raise VKDataError(
-            f"Visible Korean dataset folder '{root}': {len(problems)} problem(s); no datalist written to "
-            f"'{out_dir / DATALIST_NAME}':\n" + "\n".join(problems)
-        )
-    if with_unknown:
-        logger.warning(
-            "%d of %d segmentation(s) hold colours in no row of colour table '%s'; set to background:\n  %s\n  %s",
-            len(with_unknown),
-            len(slices),
-            table_path,
-            _overall_unknown(with_unknown),
-            "\n  ".join(unknown_lines),
-        )
-
-    by_number = {s.number: s for s in slices}
-
-    def items(numbers: list[int]) -> list[dict[str, str]]:
-        return [
-            {"image": str(by_number[n].image), "label": str(label_dir / f"{by_number[n].name}.png")} for n in numbers
-        ]
-
-    datalist: dict[str, Any] = {
-        "description": "Visible Korean bone and muscle label maps with a block-wise test/training/validation split "
-        "and a held-out quality-check list; written by python -m common.data.visible_korean prepare.",
-        "labels": {str(v): k for k, v in VK_LABELS.items()},
-        "dataset_dir": str(root),
-        "colour_table_sha256": _colour_table_sha256(table_path),
-        "seed": int(seed),
-        "val_fraction": float(val_fraction),
-        "test_fraction": float(test_fraction),
-        "block_size": int(block_size),
-        "unknown_colours": unknown,
-        "files_with_unknown_colours": [s.name for s, _ in with_unknown],
-        "num_training": len(split["training"]),
-        "num_validation": len(split["validation"]),
-        "num_quality_check": len(split["quality_check"]),
-        "num_test": len(split["test"]),
-        "test": items(split["test"]),
-        "training": items(split["training"]),
-        "validation": items(split["validation"]),
-        "quality_check": items(split["quality_check"]),
-    }
-    atomic_write_json(out_dir / DATALIST_NAME, datalist)
-    if verbose:
-        print(
-            f"prepare: wrote {len(slices)} label maps to {label_dir} and {out_dir / DATALIST_NAME}: "
-            f"{datalist['num_test']} test, {datalist['num_training']} training, "
-            f"{datalist['num_validation']} validation, "
-            f"{datalist['num_quality_check']} quality-check slices (seed {seed}, blocks of {block_size})",
-            flush=True,
-        )
-    return datalist
-
-
-def _overall_unknown(with_unknown: Sequence[tuple[SlicePaths, list[ColourCount]]]) -> str:
-    total: dict[RGB, int] = {}
-    for _, colours in with_unknown:
-        for rgb, count in colours:
-            total[rgb] = total.get(rgb, 0) + count
-    ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
-    return f"all files together: {format_colour_counts(ranked)}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # datalists of the bundle
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -899,112 +520,3 @@ def image_datalist(source: str | os.PathLike) -> list[dict[str, str]]:
     for image in images:
         _png_size(image, "Image")
     return [{"image": str(image)} for image in images]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# MONAI preprocessing
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def preprocessing_config(
-    image_key: str = "image", label_key: str | None = "label", size: int = DEFAULT_SIZE
-) -> list[dict[str, Any]]:
-    """The bundle's preprocessing transforms in MONAI bundle config form (module docstring).
-
-    Args:
-        image_key: key of the RGB photograph.
-        label_key: key of the label map; ``None`` for inference.
-        size: side of the square network input.
-    """
-    keys: str | list[str] = [image_key, label_key] if label_key is not None else image_key
-    mode: str | list[str] = ["area", "nearest-exact"] if label_key is not None else "area"
-    return [
-        {"_target_": "LoadImaged", "keys": keys},
-        {"_target_": "EnsureChannelFirstd", "keys": keys},
-        {
-            "_target_": "ScaleIntensityRanged",
-            "keys": image_key,
-            "a_min": 0,
-            "a_max": 255,
-            "b_min": 0.0,
-            "b_max": 1.0,
-            "clip": True,
-        },
-        {"_target_": "Resized", "keys": keys, "spatial_size": size, "size_mode": "longest", "mode": mode},
-        {"_target_": "SpatialPadd", "keys": keys, "spatial_size": [size, size]},
-    ]
-
-
-def vk_preprocessing(image_key: str = "image", label_key: str | None = "label", size: int = DEFAULT_SIZE) -> Any:
-    """:func:`preprocessing_config` instantiated as a ``monai.transforms.Compose``, for scripts and tests."""
-    from monai.bundle import ConfigParser  # MONAI is only needed here; the reader and generator work without it
-
-    config = {"preprocessing": {"_target_": "Compose", "transforms": preprocessing_config(image_key, label_key, size)}}
-    return ConfigParser(config).get_parsed_content("preprocessing")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m common.data.visible_korean prepare --dataset-dir DIR --out OUT [options]``."""
-    parser = argparse.ArgumentParser(prog="python -m common.data.visible_korean", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="write bone/muscle label maps and the datalist of a Visible Korean folder")
-    p.add_argument("--dataset-dir", required=True, help="folder with colour_table.csv, images/ and segmentations/")
-    p.add_argument("--out", required=True, help="output folder for labels/ and datalist.json (created if missing)")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=DEFAULT_VAL_FRACTION,
-        help=f"validation fraction of the non-quality-check slices (default {DEFAULT_VAL_FRACTION})",
-    )
-    p.add_argument(
-        "--test-fraction",
-        type=float,
-        default=DEFAULT_TEST_FRACTION,
-        help=f"share of the slices held out as test slices, never trained on (default {DEFAULT_TEST_FRACTION})",
-    )
-    p.add_argument(
-        "--quality-check",
-        type=int,
-        default=DEFAULT_QUALITY_CHECK,
-        help=f"held-out slices for visual checks, in neither split (default {DEFAULT_QUALITY_CHECK})",
-    )
-    p.add_argument(
-        "--block-size",
-        type=int,
-        default=DEFAULT_BLOCK_SIZE,
-        help=f"consecutive slices kept on one side of the split (default {DEFAULT_BLOCK_SIZE}; 1 = per-slice)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="order of the blocks (default 0)")
-    p.add_argument(
-        "--unknown-colours",
-        choices=UNKNOWN_COLOUR_POLICIES,
-        default="error",
-        help="colours in no row of the colour table: stop (default) or treat as background with a warning",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        prepare(
-            args.dataset_dir,
-            args.out,
-            val_fraction=args.val_fraction,
-            quality_check=args.quality_check,
-            seed=args.seed,
-            block_size=args.block_size,
-            unknown=args.unknown_colours,
-            verbose=True,
-            test_fraction=args.test_fraction,
-        )
-    except VKDataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
