@@ -2,10 +2,10 @@
 
 A test stacks an overlay on ``train.json`` + ``multi_gpu_train.json`` that appends to the bundle's ``finalize``::
 
-    "+finalize": ["$__import__('ci.distributed_probe').distributed_probe.write_rank_report(
-        @train#trainer, @validate#evaluator, '<dir>')"]
+    "probe_import": "$from ci import distributed_probe",
+    "+finalize": ["$distributed_probe.write_rank_report(@train#trainer, @validate#evaluator, '<dir>')"]
 
-(with this folder on ``PYTHONPATH``). Each rank then writes ``<dir>/rank<RANK>.json``: which samples its train
+(with the repository root on ``PYTHONPATH``). Each rank then writes ``<dir>/rank<RANK>.json``: which samples its train
 and validation loaders served, the size of the datasets behind them, the metrics its engines ended with and how
 many per-case rows stand behind each metric. Sharding shows as disjoint sample indices that together cover the
 dataset; metrics reduced across ranks show as equal values on every rank, computed from every case.

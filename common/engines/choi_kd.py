@@ -23,30 +23,21 @@ they are made and in the bundle's README:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.data import MetaTensor
-from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
-from monai.transforms import Transform
+from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
-from common.engines.mtcm_kd import unwrap
+from common.engines.distillation import DistillationTrainer, downsample_labels, plain, unwrap
 from common.losses.distillation import BarlowTwinsLoss
-from common.losses.segmentation import DiceJaccardCELoss
 
 __all__ = ["ChoiKDTrainer", "ChoiLosses", "forward_with_latent"]
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 def forward_with_latent(network: nn.Module, x: torch.Tensor, latent_module: str) -> tuple[Any, torch.Tensor]:
@@ -87,7 +78,7 @@ class ChoiLosses(NamedTuple):
     terms: dict[str, torch.Tensor]  # detached parts, for logging
 
 
-class ChoiKDTrainer(SupervisedTrainer):
+class ChoiKDTrainer(DistillationTrainer):
     """Single-stage multimodal-teacher -> unimodal-student KD with Barlow Twins on latent features (Choi et al. 2023).
 
     Each iteration, on a batch whose image stacks every modality as channels and whose label holds class indices
@@ -125,9 +116,9 @@ class ChoiKDTrainer(SupervisedTrainer):
             full-width bottleneck, so the term starts near 1 like the segmentation loss; not published).
         barlow_twins_updates_teacher: let the Barlow Twins gradient reach the teacher too (False).
         latent_module: name of the submodule whose output is the latent feature map (``"bottleneck"``).
-        epoch_length, non_blocking, prepare_batch, postprocessing, key_train_metric, additional_metrics,
-        metric_cmp_fn, train_handlers, amp, event_names, event_to_attr, decollate, optim_set_to_none, to_kwargs,
-        amp_kwargs: as in :class:`monai.engines.SupervisedTrainer`.
+        train_handlers: as in :class:`monai.engines.SupervisedTrainer`.
+        trainer_kwargs: the rest of :class:`~common.engines.distillation.DistillationTrainer`'s arguments, i.e. of
+            :class:`monai.engines.SupervisedTrainer` (``epoch_length``, ``amp``, ``decollate``, ...).
 
     Raises:
         ValueError: for shared parameters, a teacher parameter missing from ``teacher_optimizer``, an optimizer
@@ -152,108 +143,37 @@ class ChoiKDTrainer(SupervisedTrainer):
         barlow_twins_weight: float = 0.005,
         barlow_twins_updates_teacher: bool = False,
         latent_module: str = "bottleneck",
-        epoch_length: int | None = None,
-        non_blocking: bool = False,
-        prepare_batch: Callable = default_prepare_batch,
-        postprocessing: Transform | None = None,
-        key_train_metric: dict | None = None,
-        additional_metrics: dict | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
         train_handlers: Sequence | None = None,
-        amp: bool = False,
-        event_names: list | None = None,
-        event_to_attr: dict | None = None,
-        decollate: bool = True,
-        optim_set_to_none: bool = False,
-        to_kwargs: dict | None = None,
-        amp_kwargs: dict | None = None,
+        **trainer_kwargs: Any,
     ) -> None:
-        self._check_configuration(network, optimizer, teacher, teacher_optimizer)
+        teacher_channels = None if teacher_channels is None else [int(c) for c in teacher_channels]
+        super().__init__(
+            device, max_epochs, train_data_loader, network, optimizer, student_channel, teacher_channels, seg_loss,
+            **trainer_kwargs,
+        )  # fmt: skip
+        self._check_separate([teacher], teacher_optimizer, "teacher", "the teacher")
         weights = [float(w) for w in deep_supervision_weights]
         if any(w < 0 for w in [*weights, barlow_twins_weight]):
             raise ValueError(
                 f"ChoiKDTrainer: weights must be >= 0, got deep_supervision_weights={weights} and "
                 f"barlow_twins_weight={barlow_twins_weight}."
             )
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=DiceJaccardCELoss() if seg_loss is None else seg_loss,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            prepare_batch=prepare_batch,
-            postprocessing=postprocessing,
-            key_train_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            train_handlers=train_handlers,
-            amp=amp,
-            event_names=event_names,
-            event_to_attr=event_to_attr,
-            decollate=decollate,
-            optim_set_to_none=optim_set_to_none,
-            to_kwargs=to_kwargs,
-            amp_kwargs=amp_kwargs,
-        )
         self.teacher = teacher
         self.teacher_optimizer = teacher_optimizer
-        self.student_channel = int(student_channel)
-        self.teacher_channels = None if teacher_channels is None else [int(c) for c in teacher_channels]
         self.deep_supervision_weights = weights
         self.barlow_twins = BarlowTwinsLoss() if barlow_twins is None else barlow_twins
         self.barlow_twins_weight = float(barlow_twins_weight)
         self.barlow_twins_updates_teacher = bool(barlow_twins_updates_teacher)
         self.latent_module = latent_module
+        if train_handlers is not None:
+            self._register_handlers(train_handlers)
 
-    @staticmethod
-    def _check_configuration(
-        network: nn.Module, optimizer: Optimizer, teacher: nn.Module, teacher_optimizer: Optimizer
-    ) -> None:
-        student_ids = {id(p) for p in network.parameters() if p.requires_grad}
-        teacher_ids = {id(p) for p in teacher.parameters() if p.requires_grad}
-        optimizer_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        teacher_optimizer_ids = {id(p) for g in teacher_optimizer.param_groups for p in g["params"]}
-        if student_ids & teacher_ids:
-            raise ValueError("ChoiKDTrainer: the student and the teacher share parameters.")
-        if optimizer_ids & teacher_ids:
-            raise ValueError("ChoiKDTrainer: the student optimizer holds teacher parameters.")
-        if teacher_optimizer_ids & student_ids:
-            raise ValueError("ChoiKDTrainer: teacher_optimizer holds student parameters.")
-        missing = teacher_ids - teacher_optimizer_ids
-        if missing:
-            raise ValueError(
-                f"ChoiKDTrainer: {len(missing)} trainable teacher parameter tensors are not in teacher_optimizer; "
-                "build it over the teacher's parameters."
-            )
-
-    def checkpoint_items(self, student: bool = True) -> dict[str, Any]:
-        """``network``, ``optimizer``, ``trainer`` (with ``student``), ``teacher_0`` and ``teacher_optimizer``, for
-        MONAI's checkpoint handlers; the same keys as :meth:`common.engines.mtcm_kd.MTCMKDTrainer.checkpoint_items`."""
-        items: dict[str, Any] = {}
-        if student:
-            items.update(network=unwrap(self.network), optimizer=self.optimizer, trainer=self)
-        items.update(teacher_0=unwrap(self.teacher), teacher_optimizer=self.teacher_optimizer)
-        return items
+    def _teacher_items(self) -> dict[str, Any]:
+        """``teacher_0`` (the multimodal teacher) and ``teacher_optimizer``: the keys
+        :class:`common.engines.mtcm_kd.MTCMKDTrainer` gives its first teacher and its optimizer."""
+        return {"teacher_0": unwrap(self.teacher), "teacher_optimizer": self.teacher_optimizer}
 
     # ---- one iteration ------------------------------------------------------------------------------------------
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp and self.scaler is not None:
-            return torch.autocast("cuda", **self.amp_kwargs)
-        return contextlib.nullcontext()
-
-    def _check_batch(self, inputs: torch.Tensor, targets: Any) -> None:
-        if targets is None:
-            raise ValueError("ChoiKDTrainer: the batch has no label; expected {'image': ..., 'label': ...}.")
-        needed = max([self.student_channel, *(self.teacher_channels or [0])]) + 1
-        if inputs.ndim < 3 or inputs.shape[1] < needed:
-            raise ValueError(
-                f"ChoiKDTrainer: image of shape {tuple(inputs.shape)} has too few channels; expected (B, M, *S) with "
-                f"M >= {needed} (student channel {self.student_channel}, teacher channels {self.teacher_channels})."
-            )
 
     def _split_outputs(self, outputs: Any, who: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
         heads = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
@@ -267,10 +187,9 @@ class ChoiKDTrainer(SupervisedTrainer):
 
     def _deep_supervision(self, heads: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         total = torch.zeros((), device=targets.device)
-        labels = _plain(targets).float()
         for w, head in zip(self.deep_supervision_weights, heads, strict=True):
-            index = F.interpolate(labels, size=tuple(head.shape[2:]), mode="nearest")[:, 0].long()
-            total = total + w * F.cross_entropy(_plain(head), index)
+            index = downsample_labels(targets, head.shape[2:])[:, 0].long()
+            total = total + w * F.cross_entropy(plain(head), index)
         return total
 
     def compute_losses(self, inputs: torch.Tensor, targets: torch.Tensor) -> ChoiLosses:
@@ -278,7 +197,7 @@ class ChoiKDTrainer(SupervisedTrainer):
         self.network.train()
         self.teacher.train()
         teacher_input = inputs if self.teacher_channels is None else inputs[:, self.teacher_channels]
-        student_input = inputs[:, self.student_channel : self.student_channel + 1]
+        student_input = self._channel(inputs, self.student_channel)
         with self._autocast():
             teacher_out, teacher_latent = forward_with_latent(self.teacher, teacher_input, self.latent_module)
             student_out, student_latent = forward_with_latent(self.network, student_input, self.latent_module)
@@ -290,7 +209,7 @@ class ChoiKDTrainer(SupervisedTrainer):
             student_deep = self._deep_supervision(student_heads, targets)
         # The standardisation and the D x D correlation of Barlow Twins are computed in float32, outside autocast.
         target_latent = teacher_latent if self.barlow_twins_updates_teacher else teacher_latent.detach()
-        barlow_twins = self.barlow_twins(_plain(student_latent).float(), _plain(target_latent).float())
+        barlow_twins = self.barlow_twins(plain(student_latent).float(), plain(target_latent).float())
         student_loss = student_seg + student_deep + self.barlow_twins_weight * barlow_twins
         terms = {
             "student_seg_loss": student_seg,
@@ -303,12 +222,7 @@ class ChoiKDTrainer(SupervisedTrainer):
 
     def _iteration(self, engine: ChoiKDTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         """One single-stage iteration: both forwards, one backward of ``L_T + L_S``, a step of each optimizer."""
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets = batch[0], batch[1]
-        self._check_batch(inputs, targets)
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        inputs, targets = self._start_iteration(engine, batchdata)
         self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
         self.teacher_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
 
@@ -317,18 +231,11 @@ class ChoiKDTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.state.output[Keys.LOSS] = losses.student_loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        total = losses.teacher_loss + losses.student_loss
-        if self.amp and self.scaler is not None:
-            self.scaler.scale(total).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            self.scaler.step(self.teacher_optimizer)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            total.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            self.teacher_optimizer.step()
-            self.optimizer.step()
+        self._backward(losses.teacher_loss + losses.student_loss)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        self._step(self.teacher_optimizer)
+        self._step(self.optimizer)
+        self._update_scaler()
         engine.state.output.update(losses.terms)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

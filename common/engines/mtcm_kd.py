@@ -2,73 +2,49 @@
 
 MTCM-KD (multi-teacher cross-modal knowledge distillation with cooperative deep supervision fusion learning; Ahmad,
 Ullah, Gwak, Knowledge-Based Systems 297, 2024). Sourced from RhineLT/mtcm-kd ``training.py`` @0d44741, research
-notes ``brats_methods.md`` sections 1.3-1.5. :class:`MTCMKDTrainer` is a MONAI ``SupervisedTrainer`` whose
-``network``/``optimizer`` are the student's, so MONAI handlers (validation, checkpoints, stats, LR schedules) see an
-ordinary trainer, and a bundle config builds it like one.
+notes ``brats_methods.md`` sections 1.3-1.5. :class:`MTCMKDTrainer` is a
+:class:`~common.engines.distillation.DistillationTrainer`: a MONAI ``SupervisedTrainer`` whose ``network``/``optimizer``
+are the student's, so MONAI handlers (validation, checkpoints, stats, LR schedules) see an ordinary trainer, and a
+bundle config builds it like one.
 
-A protocol helper of the ``mtcm_kd_t1ce_student`` bundle lives here too, next to the trainer it serves:
-:func:`init_student_weights` (the authors' Xavier initialisation of the student). Split files of either format are
-read by :func:`common.data.brats.read_split`.
+The helpers the ``mtcm_kd_t1ce_student`` bundle's configs call live here too, next to the trainer they serve, so that
+the configs name them instead of spelling them out: :func:`init_student_weights` (the authors' Xavier initialisation of
+the student), :func:`teacher_parameters` (what the teacher optimizer trains), :func:`teacher_state_attributes` (the
+per-teacher state the stats handlers log) and :func:`logged_terms` (the loss terms TensorBoard logs). Split files of
+either format are read by :func:`common.data.brats.read_split`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from monai.data import MetaTensor
-from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
-from monai.transforms import Transform
+from monai.engines.utils import IterationEvents
 from monai.utils import IgniteInfo, min_version, optional_import
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
+from common.engines.distillation import DistillationTrainer, downsample_labels, unwrap
 from common.losses.distillation import KD_REDUCTIONS, PerformanceTeacherWeights, kd_loss, whole_tumor_dice
-from common.losses.segmentation import DiceJaccardCELoss
-from common.networks.mtcm_kd import TeacherFeatures
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
-__all__ = ["MTCMKDTrainer", "TeacherStepOutput", "init_student_weights", "unwrap"]
+__all__ = [
+    "MTCMKDTrainer",
+    "TeacherStepOutput",
+    "init_student_weights",
+    "logged_terms",
+    "teacher_parameters",
+    "teacher_state_attributes",
+    "unwrap",
+]
 
 # The teachers' fused features and the student's distilled deep-supervision head are the decoder level at 1/2
 # resolution (64 channels at 64^3 upstream): ``forward_features(x)[1][1]`` and ``student(x)[1]``.
 _FUSION_LEVEL = 1
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
-
-
-def _downsample_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Labels ``(B, 1 or C, *S)`` resized to ``size`` by nearest-neighbour interpolation, as the authors' targets."""
-    return F.interpolate(_plain(labels).float(), size=tuple(size), mode="nearest")
-
-
-def unwrap(module: nn.Module | None) -> nn.Module | None:
-    """The network inside ``DistributedDataParallel`` / ``DataParallel`` and :class:`TeacherFeatures` wrappers.
-
-    Checkpoints hold the bare networks, so a checkpoint of a multi-GPU run loads into a single-GPU one and back.
-    """
-    while isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel, TeacherFeatures)):
-        module = module.network if isinstance(module, TeacherFeatures) else module.module
-    return module
-
-
-def _parameter_ids(modules: Iterable[nn.Module | None]) -> set[int]:
-    return {id(p) for m in modules if m is not None for p in m.parameters() if p.requires_grad}
-
-
-def _optimizer_ids(optimizer: Optimizer | None) -> set[int]:
-    if optimizer is None:
-        return set()
-    return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
 class TeacherStepOutput(NamedTuple):
@@ -82,7 +58,7 @@ class TeacherStepOutput(NamedTuple):
     wt_dice: torch.Tensor  # (num_teachers, B) hard-argmax whole-tumour Dice
 
 
-class MTCMKDTrainer(SupervisedTrainer):
+class MTCMKDTrainer(DistillationTrainer):
     """Online multi-teacher cross-modal KD with cooperative deep supervision fusion learning (MTCM-KD).
 
     Each iteration, on a batch whose image stacks every modality as channels and whose label holds class indices
@@ -124,9 +100,9 @@ class MTCMKDTrainer(SupervisedTrainer):
     mean). ``engine.state`` carries ``teacher_weights`` (list), ``teacher_weight_{i}`` and, after an epoch,
     ``teacher_wt_dice_{i}`` (scalars, for ``TensorBoardStatsHandler(state_attributes=[...])``) and ``kd_active``.
 
-    Checkpoints: save and load ``{"network": student, "teacher_<i>": teacher, "fusion": fusion, "optimizer":
-    optimizer, "teacher_optimizer": teacher_optimizer, "teacher_weights": trainer.teacher_weights, "trainer":
-    trainer}`` with MONAI's ``CheckpointSaver`` / ``CheckpointLoader``.
+    Checkpoints: save and load :meth:`checkpoint_items` (``{"network": student, "optimizer": optimizer, "trainer":
+    trainer, "teacher_<i>": teacher, "fusion": fusion, "teacher_optimizer": teacher_optimizer, "teacher_weights":
+    trainer.teacher_weights}``) with MONAI's ``CheckpointSaver`` / ``CheckpointLoader``.
 
     Args:
         device: device of the batches (the networks must already be on it).
@@ -160,10 +136,11 @@ class MTCMKDTrainer(SupervisedTrainer):
             a new ``PerformanceTeacherWeights(len(teachers), teacher_kd_weight, initial_teacher_weight)``, and None
             without teachers.
         tumor_classes: class indices forming the whole tumour for the teachers' Dice ((1, 2, 3)).
-        epoch_length, non_blocking, prepare_batch, postprocessing, key_train_metric, additional_metrics,
-        metric_cmp_fn, train_handlers, amp, event_names, event_to_attr, decollate, optim_set_to_none, to_kwargs,
-        amp_kwargs: as in :class:`monai.engines.SupervisedTrainer`; ``FORWARD_COMPLETED``, ``LOSS_COMPLETED`` and
-        ``BACKWARD_COMPLETED`` fire for the student. With ``amp`` one gradient scaler serves both optimizers.
+        train_handlers: as in :class:`monai.engines.SupervisedTrainer`, registered after the teacher-weight update.
+        trainer_kwargs: the rest of :class:`~common.engines.distillation.DistillationTrainer`'s arguments, i.e. of
+            :class:`monai.engines.SupervisedTrainer` (``epoch_length``, ``amp``, ``decollate``, ...);
+            ``FORWARD_COMPLETED``, ``LOSS_COMPLETED`` and ``BACKWARD_COMPLETED`` fire for the student. With ``amp``
+            one gradient scaler serves both optimizers.
 
     Raises:
         ValueError: for inconsistent teachers / channels / optimizers (e.g. a parameter held by both optimizers, or a
@@ -196,27 +173,13 @@ class MTCMKDTrainer(SupervisedTrainer):
         kd_start_epoch: int = 1,
         teacher_weights: PerformanceTeacherWeights | None = None,
         tumor_classes: Sequence[int] = (1, 2, 3),
-        epoch_length: int | None = None,
-        non_blocking: bool = False,
-        prepare_batch: Callable = default_prepare_batch,
-        postprocessing: Transform | None = None,
-        key_train_metric: dict | None = None,
-        additional_metrics: dict | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
         train_handlers: Sequence | None = None,
-        amp: bool = False,
-        event_names: list | None = None,
-        event_to_attr: dict | None = None,
-        decollate: bool = True,
-        optim_set_to_none: bool = False,
-        to_kwargs: dict | None = None,
-        amp_kwargs: dict | None = None,
+        **trainer_kwargs: Any,
     ) -> None:
         teachers = list(teachers or [])
         teacher_channels = [int(c) for c in (teacher_channels or [])]
         self._check_configuration(
-            network, optimizer, teachers, teacher_channels, fusion, teacher_optimizer, use_kd, kd_reduction,
-            temperature, kd_start_epoch,
+            teachers, teacher_channels, fusion, teacher_optimizer, use_kd, kd_reduction, temperature, kd_start_epoch,
             dict(
                 student_seg_weight=student_seg_weight, deep_supervision_weight=deep_supervision_weight,
                 cooperative_weight=cooperative_weight, teacher_kd_weight=teacher_kd_weight,
@@ -224,6 +187,13 @@ class MTCMKDTrainer(SupervisedTrainer):
             ),
             deep_supervision_seg_fraction,
         )  # fmt: skip
+        super().__init__(
+            device, max_epochs, train_data_loader, network, optimizer, student_channel, teacher_channels, seg_loss,
+            **trainer_kwargs,
+        )  # fmt: skip
+        self._check_separate(
+            [*teachers, fusion], teacher_optimizer, "teacher or fusion", "every teacher and of the fusion module"
+        )
         if teacher_weights is None:
             if teachers:  # the unimodal baseline has no teachers to weigh and keeps None
                 teacher_weights = PerformanceTeacherWeights(len(teachers), teacher_kd_weight, initial_teacher_weight)
@@ -236,33 +206,7 @@ class MTCMKDTrainer(SupervisedTrainer):
                 f"MTCMKDTrainer: teacher_weights.total_weight={teacher_weights.total_weight} differs from "
                 f"teacher_kd_weight={teacher_kd_weight}; give the same lambda to both."
             )
-        # Handlers go on after the teacher-weight update, so that they see the weights for the next epoch.
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=DiceJaccardCELoss() if seg_loss is None else seg_loss,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            prepare_batch=prepare_batch,
-            postprocessing=postprocessing,
-            key_train_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            train_handlers=None,
-            amp=amp,
-            event_names=event_names,
-            event_to_attr=event_to_attr,
-            decollate=decollate,
-            optim_set_to_none=optim_set_to_none,
-            to_kwargs=to_kwargs,
-            amp_kwargs=amp_kwargs,
-        )
-        self.student_channel = int(student_channel)
         self.teachers = teachers
-        self.teacher_channels = teacher_channels
         self.fusion = fusion
         self.teacher_optimizer = teacher_optimizer
         self.temperature = float(temperature)
@@ -275,6 +219,7 @@ class MTCMKDTrainer(SupervisedTrainer):
         self.kd_start_epoch = int(kd_start_epoch)
         self.teacher_weights = teacher_weights
         self.tumor_classes = tuple(int(c) for c in tumor_classes)
+        # Handlers go on after the teacher-weight update, so that they see the weights for the next epoch.
         self._publish_teacher_weights(self)
         self.add_event_handler(Events.EPOCH_STARTED, self._publish_teacher_weights)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._update_teacher_weights)
@@ -283,8 +228,6 @@ class MTCMKDTrainer(SupervisedTrainer):
 
     @staticmethod
     def _check_configuration(
-        network: nn.Module,
-        optimizer: Optimizer,
         teachers: list[nn.Module],
         teacher_channels: list[int],
         fusion: nn.Module | None,
@@ -296,6 +239,7 @@ class MTCMKDTrainer(SupervisedTrainer):
         weights: dict[str, float],
         deep_supervision_seg_fraction: float,
     ) -> None:
+        """The checks that need no network built into a trainer; the parameters are checked by ``_check_separate``."""
         prefix = "MTCMKDTrainer:"
         if kd_reduction not in KD_REDUCTIONS:
             raise ValueError(f"{prefix} unknown kd_reduction {kd_reduction!r}; expected one of {KD_REDUCTIONS}.")
@@ -321,35 +265,11 @@ class MTCMKDTrainer(SupervisedTrainer):
             raise ValueError(f"{prefix} a fusion module needs teachers to fuse.")
         if teachers and teacher_optimizer is None:
             raise ValueError(f"{prefix} teachers train online and need a teacher_optimizer (teachers and fusion).")
-        student_ids = _parameter_ids([network])
-        teacher_ids = _parameter_ids([*teachers, fusion])
-        if student_ids & teacher_ids:
-            raise ValueError(f"{prefix} the student shares parameters with a teacher or the fusion module.")
-        if _optimizer_ids(optimizer) & teacher_ids:
-            raise ValueError(f"{prefix} the student optimizer holds teacher or fusion parameters.")
-        teacher_optimizer_ids = _optimizer_ids(teacher_optimizer)
-        if teacher_optimizer_ids & student_ids:
-            raise ValueError(f"{prefix} teacher_optimizer holds student parameters.")
-        missing = teacher_ids - teacher_optimizer_ids
-        if teachers and missing:
-            raise ValueError(
-                f"{prefix} {len(missing)} trainable teacher/fusion parameter tensors are not in teacher_optimizer; "
-                "build it over the parameters of every teacher and of the fusion module."
-            )
 
-    def checkpoint_items(self, student: bool = True) -> dict[str, Any]:
-        """What a checkpoint of this run holds, as the ``save_dict`` / ``load_dict`` of MONAI's checkpoint handlers.
-
-        ``network`` and ``optimizer`` (the student's), ``trainer`` (epoch and iteration), ``teacher_0``, ...,
-        ``fusion``, ``teacher_optimizer`` and ``teacher_weights``, each only when it exists (the no-KD baseline has no
-        teachers, the variant without CDSFL no fusion). Networks are unwrapped (:func:`unwrap`), so the checkpoints
-        of single- and multi-GPU runs are interchangeable. ``student=False`` keeps the teacher side only: the
-        bundle saves it as ``models/teachers.pt`` beside the best student ``models/model.pt``.
-        """
-        items: dict[str, Any] = {}
-        if student:
-            items.update(network=unwrap(self.network), optimizer=self.optimizer, trainer=self)
-        items.update({f"teacher_{i}": unwrap(t) for i, t in enumerate(self.teachers)})
+    def _teacher_items(self) -> dict[str, Any]:
+        """``teacher_0``, ..., ``fusion``, ``teacher_optimizer`` and ``teacher_weights``, each only when it exists (the
+        no-KD baseline has no teachers, the variant without CDSFL no fusion)."""
+        items: dict[str, Any] = {f"teacher_{i}": unwrap(t) for i, t in enumerate(self.teachers)}
         if self.fusion is not None:
             items["fusion"] = unwrap(self.fusion)
         if self.teacher_optimizer is not None:
@@ -383,36 +303,6 @@ class MTCMKDTrainer(SupervisedTrainer):
         return self.use_kd and epoch - 1 >= self.kd_start_epoch
 
     # ---- one iteration ------------------------------------------------------------------------------------------
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp and self.scaler is not None:
-            return torch.autocast("cuda", **self.amp_kwargs)
-        return contextlib.nullcontext()
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        if self.amp and self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-
-    def _optimizer_step(self, optimizer: Optimizer) -> None:
-        if self.amp and self.scaler is not None:
-            self.scaler.step(optimizer)  # the scaler's update() follows both steps, once per iteration
-        else:
-            optimizer.step()
-
-    def _channel(self, inputs: torch.Tensor, channel: int) -> torch.Tensor:
-        return inputs[:, channel : channel + 1]
-
-    def _check_batch(self, inputs: torch.Tensor, targets: Any) -> None:
-        if targets is None:
-            raise ValueError("MTCMKDTrainer: the batch has no label; expected {'image': ..., 'label': ...}.")
-        needed = max([self.student_channel, *self.teacher_channels]) + 1
-        if inputs.ndim < 3 or inputs.shape[1] < needed:
-            raise ValueError(
-                f"MTCMKDTrainer: image of shape {tuple(inputs.shape)} has too few channels; expected (B, M, *S) with "
-                f"M >= {needed} (student channel {self.student_channel}, teacher channels {self.teacher_channels})."
-            )
 
     @staticmethod
     def _teacher_forward(teacher: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
@@ -449,10 +339,10 @@ class MTCMKDTrainer(SupervisedTrainer):
             fused, cooperative = None, None
             if self.fusion is not None:
                 fused = self.fusion(features)
-                cooperative = self.loss_function(fused, _downsample_labels(targets, fused.shape[2:])).mean()
+                cooperative = self.loss_function(fused, downsample_labels(targets, fused.shape[2:])).mean()
                 loss = loss + self.cooperative_weight * cooperative
         self._backward(loss)
-        self._optimizer_step(self.teacher_optimizer)
+        self._step(self.teacher_optimizer)
         wt_dice = torch.stack([whole_tumor_dice(out, targets, self.tumor_classes) for out in logits])
         self.teacher_weights.accumulate(wt_dice)
         return TeacherStepOutput(
@@ -506,7 +396,7 @@ class MTCMKDTrainer(SupervisedTrainer):
                             "...]) or set deep_supervision_weight=0."
                         )
                     f = self.deep_supervision_seg_fraction
-                    deep_term = f * self.loss_function(deep, _downsample_labels(targets, deep.shape[2:])).mean()
+                    deep_term = f * self.loss_function(deep, downsample_labels(targets, deep.shape[2:])).mean()
                     if teachers.fused is not None:
                         deep_term = deep_term + (1.0 - f) * kd_loss(
                             deep, teachers.fused, self.temperature, self.kd_reduction
@@ -517,24 +407,18 @@ class MTCMKDTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
         self._backward(loss)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        self._optimizer_step(self.optimizer)
+        self._step(self.optimizer)
         return {k: v.detach() for k, v in terms.items()}
 
     def _iteration(self, engine: MTCMKDTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         """One MTCM-KD iteration (teacher step, then student step); returns ``engine.state.output``."""
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets = batch[0], batch[1]
-        self._check_batch(inputs, targets)
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        inputs, targets = self._start_iteration(engine, batchdata)
         kd_active = self.kd_active(engine.state.epoch)
         engine.state.kd_active = kd_active
 
         teachers = self.teacher_step(inputs, targets) if len(self.teachers) else None
         terms = self.student_step(inputs, targets, teachers, kd_active)
-        if engine.amp and engine.scaler is not None:
-            engine.scaler.update()
+        self._update_scaler()
 
         zero = torch.zeros((), device=inputs.device)
         output = engine.state.output
@@ -551,7 +435,7 @@ class MTCMKDTrainer(SupervisedTrainer):
         return engine.state.output
 
 
-# ---- protocol helpers of the mtcm_kd_t1ce_student bundle -----------------------------------------------------------
+# ---- helpers of the mtcm_kd_t1ce_student bundle's configs --------------------------------------------------------
 
 
 def init_student_weights(network: nn.Module) -> nn.Module:
@@ -567,3 +451,22 @@ def init_student_weights(network: nn.Module) -> nn.Module:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return network
+
+
+def teacher_parameters(teachers: Sequence[nn.Module], fusion: nn.Module | None = None) -> list[nn.Parameter]:
+    """Every parameter of ``teachers`` and of ``fusion`` (None: none), in that order: what ``teacher_optimizer``
+    trains. Empty without teachers."""
+    return [p for m in [*teachers, fusion] if m is not None for p in m.parameters()]
+
+
+def teacher_state_attributes(num_teachers: int) -> list[str]:
+    """The per-teacher ``engine.state`` scalars :class:`MTCMKDTrainer` publishes, for the ``state_attributes`` of
+    MONAI's stats handlers: ``teacher_weight_<i>`` for every teacher, then ``teacher_wt_dice_<i>``."""
+    return [f"{name}_{i}" for name in ("teacher_weight", "teacher_wt_dice") for i in range(num_teachers)]
+
+
+def logged_terms(output: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The loss terms and the teachers' whole-tumour Dice of a decollated trainer output (its first case; the terms
+    are per batch): every key ending in ``loss`` or ``wt_dice``, for ``TensorBoardStatsHandler(output_transform=)``.
+    """
+    return {k: v for k, v in output[0].items() if k.endswith(("loss", "wt_dice"))}

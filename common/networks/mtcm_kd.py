@@ -1,7 +1,8 @@
 """MTCM-KD networks beyond the shared backbone: the CDSFL fusion module and a feature-returning teacher wrapper.
 
 The four MTCM-KD networks (three unimodal teachers, one unimodal student) are all
-:func:`common.networks.cohra_unet.mtcm_kd_backbone`; a bundle config builds them directly:
+:func:`common.networks.cohra_unet.mtcm_kd_backbone`; a bundle config builds the student directly and the teachers
+with :func:`teacher_networks`:
 
 - the **student** with the default ``deep_supervision=True``: in training mode it returns
   ``[logits, ds_1/2, ds_1/4]`` and :class:`common.engines.mtcm_kd.MTCMKDTrainer` uses ``logits`` and ``ds_1/2``;
@@ -12,19 +13,24 @@ The four MTCM-KD networks (three unimodal teachers, one unimodal student) are al
   return the raw decoder features instead of head outputs, too (research notes ``brats_methods.md`` section 1.2).
 
 :class:`CooperativeFusion` is the cooperative deep supervision fusion learning (CDSFL) module, section 1.4.
+:func:`to_device` and :func:`distributed` place the teachers and the fusion module for one device or for
+DistributedDataParallel, so that the bundle's single- and multi-GPU configs each say it in one call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
 from common.networks.blocks import CBAMChannelGate
+from common.networks.cohra_unet import COHRAUNet, mtcm_kd_backbone
 
-__all__ = ["CooperativeFusion", "TeacherFeatures"]
+__all__ = ["CooperativeFusion", "TeacherFeatures", "distributed", "teacher_networks", "to_device"]
+
+Modules = nn.Module | Sequence[nn.Module] | None
 
 
 class CooperativeFusion(nn.Module):
@@ -130,3 +136,56 @@ class TeacherFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.network.forward_features(x)
+
+
+def teacher_networks(
+    count: int,
+    channels: Sequence[int],
+    in_channels: int = 1,
+    out_channels: int = 4,
+    deep_supervision: bool = False,
+) -> list[COHRAUNet]:
+    """``count`` teachers, each ``mtcm_kd_backbone(in_channels, out_channels, channels=channels, deep_supervision)``,
+    built one after the other (each draws its initial weights from the global generator in turn).
+
+    The defaults are MTCM-KD's unimodal teachers: one image channel each and no deep-supervision heads, since the
+    trainer reads their decoder features instead (module docstring).
+    """
+    return [
+        mtcm_kd_backbone(
+            in_channels=in_channels, out_channels=out_channels, channels=channels, deep_supervision=deep_supervision
+        )
+        for _ in range(count)
+    ]
+
+
+def _each(place: Callable[[nn.Module], nn.Module], modules: Modules) -> Modules:
+    if modules is None:
+        return None
+    if isinstance(modules, nn.Module):
+        return place(modules)
+    return [place(m) for m in modules]
+
+
+def to_device(modules: Modules, device: str | torch.device) -> Modules:
+    """``modules`` (one module, a sequence of them as a list, or None) moved to ``device``; None stays None."""
+    return _each(lambda m: m.to(device), modules)
+
+
+def distributed(modules: Modules, device: str | torch.device, device_ids: Sequence | None = None) -> Modules:
+    """``modules`` (one module, a sequence of them as a list, or None) moved to ``device``, each inside
+    ``DistributedDataParallel(..., device_ids=device_ids)``; None stays None.
+
+    A network built without deep supervision (an MTCM-KD teacher: the trainer calls its ``forward_features``) goes
+    into :class:`TeacherFeatures` first, since DistributedDataParallel synchronises the gradients only of what runs
+    through its ``forward``. Other modules (the fusion module, a teacher with deep supervision such as Choi et al.'s,
+    which the trainer calls as a whole) are wrapped as they are.
+    """
+
+    def wrap(module: nn.Module) -> nn.Module:
+        module = module.to(device)
+        if not getattr(module, "deep_supervision", True):
+            module = TeacherFeatures(module)
+        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+    return _each(wrap, modules)

@@ -4,8 +4,8 @@ Tiny sizes: six 48x48x32 phantoms (three folds: four training and two validation
 whole-volume grid (faithful), widths 4-8-16-32 for the student, the teachers and the fusion module alike (one
 ``channels`` id), and epochs cut to one or two iterations. Most runs are in-process ``ConfigWorkflow`` runs of the
 bundle's config stacks (what ``python -m monai.bundle run`` does) so that the networks can be inspected; the faithful
-run goes through ``python -m monai.bundle run training`` itself. Torch runs single-threaded here: on a shared 2-core
-machine two threads per process are several times slower than one.
+run (``configs/faithful.json`` stacked last) goes through ``python -m monai.bundle run training`` itself. Torch runs
+single-threaded here: on a shared 2-core machine two threads per process are several times slower than one.
 """
 
 from __future__ import annotations
@@ -135,12 +135,10 @@ def test_corrected_protocol_trains_logs_teacher_weights_and_evaluates_natively_w
 
 
 def test_faithful_protocol_trains_with_monai_bundle_run_training_and_evaluates_on_the_resized_grid(data, tmp_path):
-    overrides = settings(
-        data, "faithful", protocol="faithful", split_file=str(data["root"] / "folds_data.json"), epochs=1, **TINY
-    )
-    overlay = tmp_path / "faithful.json"
+    overrides = settings(data, "faithful", split_file=str(data["root"] / "folds_data.json"), epochs=1, **TINY)
+    overlay = tmp_path / "overlay.json"
     overlay.write_text(json.dumps({"bundle_root": str(BUNDLE), **overrides, "train#trainer#epoch_length": 2}))
-    files = f"['{CONFIGS / 'train.json'}','{overlay}']"
+    files = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'faithful.json'}','{overlay}']"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(CONFIGS / "metadata.json")]
     cmd += ["--config_file", files, "--logging_file", str(CONFIGS / "logging.conf")]
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=single_thread_env(), capture_output=True, text=True)
@@ -151,7 +149,7 @@ def test_faithful_protocol_trains_with_monai_bundle_run_training_and_evaluates_o
         "teacher_0", "teacher_1", "teacher_2", "fusion", "teacher_optimizer", "teacher_weights"
     }  # fmt: skip
 
-    evaluation = run_workflow(["train.json", "evaluate.json"], overrides)
+    evaluation = run_workflow(["train.json", "evaluate.json", "faithful.json"], overrides)
     assert evaluation.parser.get_parsed_content("train#trainer").kd_reduction == "batchmean"
     last = evaluation.parser.get_parsed_content("validate#evaluator").state.output[0]
     assert tuple(last["label"].shape) == (3, 32, 32, 32)  # the authors' whole-volume grid
@@ -159,14 +157,59 @@ def test_faithful_protocol_trains_with_monai_bundle_run_training_and_evaluates_o
     assert set(metrics) == {"val_mean_dice", "val_dice_tc", "val_dice_wt", "val_dice_et"}  # Dice only, as upstream
 
 
-def test_unknown_protocol_is_named():
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train.json"))
-    parser["protocol"] = "faithfull"
-    with pytest.raises(RuntimeError) as failure:  # MONAI wraps the error of a config expression
-        parser.get_parsed_content("is_faithful")
-    cause = str(failure.value.__cause__)
-    assert "By 'faithfull', did you mean 'faithful'?" in cause and "'corrected'" in cause  # the options are named
+@pytest.mark.parametrize(
+    "stack",
+    [
+        ["train.json"],
+        ["train.json", "evaluate.json"],
+        ["inference.json"],
+        ["train.json", "variant_no_kd.json"],
+        ["train.json", "evaluate.json", "variant_choi2023.json"],
+    ],
+    ids=lambda stack: "+".join(name.removesuffix(".json") for name in stack),
+)
+def test_faithful_overlay_stacks_last_on_every_config_stack(stack):
+    """faithful.json sets top-level ids only (a nested id whose parent a stack lacks would fail to merge); each is an
+    id of train.json, evaluate.json or inference.json, and one stack may ignore what another uses."""
+    faithful = json.loads((CONFIGS / "faithful.json").read_text())
+    base_ids = set().union(
+        *(json.loads((CONFIGS / c).read_text()) for c in ("train.json", "evaluate.json", "inference.json"))
+    )
+    assert not [k for k in faithful if "#" in k] and set(faithful) - {"_desc_"} <= base_ids
+
+    def parsed(configs: list[str]) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / c) for c in configs])
+        parser["bundle_root"] = str(BUNDLE)
+        return parser
+
+    corrected, authors = parsed(stack), parsed([*stack, "faithful.json"])
+    assert "protocol" not in corrected.config and "is_faithful" not in corrected.config
+    assert type(corrected.get_parsed_content("volume_inferer")).__name__ == "SlidingWindowInferer"
+    assert type(authors.get_parsed_content("volume_inferer")).__name__ == "SimpleInferer"
+    grid = [type(t).__name__ for t in authors.get_parsed_content("grid_and_intensity")]
+    assert grid == ["SpatialCropd", "Resized"]
+    assert [type(t).__name__ for t in corrected.get_parsed_content("grid_and_intensity")] == ["NormalizeIntensityd"]
+    if "train.json" in stack:
+        assert authors.get_parsed_content("crop_and_augment") == [] and corrected.get_parsed_content("crop_and_augment")
+        assert authors.get_parsed_content("split_file").endswith("/configs/folds_data.json")
+        assert [authors.get_parsed_content(k) for k in ("epochs", "val_interval", "batch_size", "amp")] == [
+            25,
+            1,
+            1,
+            False,
+        ]
+        assert authors.get_parsed_content("kd_reduction") == "batchmean" and not authors.get_parsed_content(
+            "ignore_empty"
+        )
+    if "inference.json" in stack:  # the prediction goes back to the input's grid only from the authors' one
+        assert authors.get_parsed_content("invert_grid") and not corrected.get_parsed_content("invert_grid")
+    if "evaluate.json" in stack:
+        assert corrected.get_parsed_content("eval_split") == "test" and corrected["extra_metrics"]
+        assert (
+            authors.get_parsed_content("eval_split") == "validation"
+            and authors.get_parsed_content("extra_metrics") == {}
+        )
 
 
 # ---- resume -----------------------------------------------------------------------------------------------------
@@ -264,9 +307,9 @@ def test_ablation_method_settings_are_the_variant_overlays():
 
 
 @pytest.mark.parametrize(
-    ("protocol", "name", "labels"), [("faithful", "scan_t1ce", {0, 1, 2, 4}), ("corrected", "x-t1c", {0, 1, 2, 3})]
+    ("overlays", "name", "labels"), [(["faithful.json"], "scan_t1ce", {0, 1, 2, 4}), ([], "x-t1c", {0, 1, 2, 3})]
 )
-def test_inference_on_a_lone_t1ce_file_keeps_its_grid_and_label_convention(data, tmp_path, protocol, name, labels):
+def test_inference_on_a_lone_t1ce_file_keeps_its_grid_and_label_convention(data, tmp_path, overlays, name, labels):
     source = Path(data["dataset_dir"]) / "BraTS2021_00002" / "BraTS2021_00002_t1ce.nii.gz"
     image = tmp_path / "in" / f"{name}.nii.gz"
     image.parent.mkdir()
@@ -274,13 +317,8 @@ def test_inference_on_a_lone_t1ce_file_keeps_its_grid_and_label_convention(data,
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
     torch.save(mtcm_kd_backbone(channels=CHANNELS).state_dict(), tmp_path / "models" / "model.pt")
-    overrides = {
-        "input_image": str(image),
-        "protocol": protocol,
-        "ckpt_dir": str(tmp_path / "models"),
-        "output_dir": str(tmp_path / "out"),
-    }
-    workflow = run_workflow(["inference.json"], overrides, workflow_type="infer")
+    overrides = {"input_image": str(image), "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "out")}
+    workflow = run_workflow(["inference.json", *overlays], overrides, workflow_type="infer")
     assert workflow.parser.get_parsed_content("et_label") == max(labels)  # BraTS 2023 names: ET = 3
     prediction = nib.load(tmp_path / "out" / f"{name}_seg.nii.gz")
     original = nib.load(image)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from common.engines.choi_kd import ChoiKDTrainer, forward_with_latent
+from common.engines.distillation import DistillationTrainer
 from common.losses.distillation import BarlowTwinsLoss
 from common.networks.cohra_unet import mtcm_kd_backbone
 
@@ -124,8 +128,16 @@ def test_one_epoch_trains_both_networks_and_publishes_the_terms() -> None:
         assert torch.isfinite(out[key]), key
     assert out["pred"].shape == (2, 4, SIZE, SIZE, SIZE)
     items = trainer.checkpoint_items()
-    assert set(items) == {"network", "optimizer", "trainer", "teacher_0", "teacher_optimizer"}
-    assert set(trainer.checkpoint_items(student=False)) == {"teacher_0", "teacher_optimizer"}
+    assert list(items) == ["network", "optimizer", "trainer", "teacher_0", "teacher_optimizer"]
+    assert list(trainer.checkpoint_items(student=False)) == ["teacher_0", "teacher_optimizer"]
+    assert items["teacher_0"] is trainer.teacher and items["network"] is trainer.network
+
+
+def test_shares_the_distillation_base_and_not_the_mtcm_kd_module() -> None:
+    assert issubclass(ChoiKDTrainer, DistillationTrainer)
+    code = "import sys, common.engines.choi_kd; print('common.engines.mtcm_kd' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_bad_configurations_are_named() -> None:

@@ -7,12 +7,19 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from ignite.engine import Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch.utils.data import DataLoader
 
-from common.engines.mtcm_kd import MTCMKDTrainer
+from common.engines.distillation import DistillationTrainer, unwrap
+from common.engines.mtcm_kd import (
+    MTCMKDTrainer,
+    logged_terms,
+    teacher_parameters,
+    teacher_state_attributes,
+)
 from common.losses.distillation import (
     BarlowTwinsLoss,
     PerformanceTeacherWeights,
@@ -23,7 +30,7 @@ from common.losses.distillation import (
 from common.losses.segmentation import DiceJaccardCELoss
 from common.networks.blocks import CBAMChannelGate
 from common.networks.cohra_unet import mtcm_kd_backbone
-from common.networks.mtcm_kd import CooperativeFusion, TeacherFeatures
+from common.networks.mtcm_kd import CooperativeFusion, TeacherFeatures, distributed, teacher_networks, to_device
 
 # Tiny backbone: widths 8-16-32-64 (the lab GroupNorm rule splits every width and concatenation: 4 or 6 groups), three
 # downsamplings, so 16^3 inputs give a 2^3 bridge; the 1/2-resolution decoder features are channels[1] = 16 wide.
@@ -67,7 +74,7 @@ def make_trainer(
     if wrap_teachers:
         teachers = [TeacherFeatures(t) for t in teachers]
     fusion = CooperativeFusion(len(teachers), FUSION_IN, 4) if with_teachers and with_fusion else None
-    teacher_params = [p for m in [*teachers, fusion] if m is not None for p in m.parameters()]
+    teacher_params = teacher_parameters(teachers, fusion)
     return MTCMKDTrainer(
         device="cpu",
         max_epochs=max_epochs,
@@ -288,7 +295,77 @@ def test_teacher_features_of_the_tiny_backbone_feed_the_fusion() -> None:
         TeacherFeatures(nn.Conv3d(1, 1, 1))
 
 
+def test_teacher_networks_and_their_placement() -> None:
+    torch.manual_seed(0)
+    teachers = teacher_networks(3, TINY_CHANNELS)
+    torch.manual_seed(0)
+    by_hand = [mtcm_kd_backbone(channels=TINY_CHANNELS, deep_supervision=False) for _ in range(3)]
+    assert len(teachers) == 3 and len({id(t) for t in teachers}) == 3
+    for teacher, expected in zip(teachers, by_hand, strict=True):  # the same networks, drawn in the same order
+        assert not teacher.deep_supervision
+        for a, b in zip(teacher.state_dict().values(), expected.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    multimodal = teacher_networks(1, TINY_CHANNELS, in_channels=4, deep_supervision=True)[0]
+    assert multimodal.deep_supervision and multimodal.stem[0].conv_block[0].weight.shape[1] == 4
+    assert teacher_networks(0, TINY_CHANNELS) == []
+
+    fusion = CooperativeFusion(3, FUSION_IN, 4)
+    assert to_device(None, "cpu") is None and to_device(fusion, "cpu") is fusion
+    assert to_device(tuple(teachers), "cpu") == teachers  # a sequence comes back as a list of the same modules
+
+
+def test_distributed_wraps_each_module_and_routes_teachers_through_forward_features(tmp_path) -> None:
+    teacher, multimodal = tiny_net(deep_supervision=False), tiny_net(in_channels=4)
+    fusion = CooperativeFusion(1, FUSION_IN, 4)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = distributed([teacher, multimodal], "cpu")
+        wrapped_fusion = distributed(fusion, "cpu")
+        assert distributed(None, "cpu") is None
+    finally:
+        dist.destroy_process_group()
+    assert all(isinstance(m, nn.parallel.DistributedDataParallel) for m in [*wrapped, wrapped_fusion])
+    # DDP synchronises only what runs through forward: the MTCM-KD teacher's forward must be forward_features
+    assert isinstance(wrapped[0].module, TeacherFeatures) and wrapped[0].module.network is teacher
+    assert wrapped[1].module is multimodal and wrapped_fusion.module is fusion  # called as a whole: as they are
+    assert [unwrap(m) for m in [*wrapped, wrapped_fusion]] == [teacher, multimodal, fusion]
+
+
+def test_config_helpers_name_the_optimised_logged_and_published_values() -> None:
+    teachers, fusion = [tiny_net(deep_supervision=False) for _ in range(2)], CooperativeFusion(2, FUSION_IN, 4)
+    params = teacher_parameters(teachers, fusion)
+    expected = [*teachers[0].parameters(), *teachers[1].parameters(), *fusion.parameters()]
+    assert len(params) == len(expected) and all(p is q for p, q in zip(params, expected, strict=True))
+    assert len(teacher_parameters(teachers)) == len(expected) - len(list(fusion.parameters()))
+    assert teacher_parameters([], None) == []
+    assert teacher_state_attributes(2) == [
+        "teacher_weight_0",
+        "teacher_weight_1",
+        "teacher_wt_dice_0",
+        "teacher_wt_dice_1",
+    ]
+    assert teacher_state_attributes(0) == []
+    output = [{"loss": 1.0, "kd_loss": 2.0, "teacher_0_wt_dice": 0.5, "pred": "p", "label": "l"}, {"loss": 9.0}]
+    assert logged_terms(output) == {"loss": 1.0, "kd_loss": 2.0, "teacher_0_wt_dice": 0.5}  # the first case only
+
+
 # ---- trainer ---------------------------------------------------------------------------------------------------
+
+
+def test_trainer_is_a_distillation_trainer_with_its_checkpoint_items() -> None:
+    trainer = make_trainer()
+    assert isinstance(trainer, DistillationTrainer)
+    items = trainer.checkpoint_items()
+    assert list(items) == [
+        "network", "optimizer", "trainer", "teacher_0", "teacher_1", "teacher_2", "fusion", "teacher_optimizer",
+        "teacher_weights",
+    ]  # fmt: skip
+    assert list(trainer.checkpoint_items(student=False)) == list(items)[3:]
+    assert list(make_trainer(with_teachers=False, use_kd=False).checkpoint_items()) == [
+        "network",
+        "optimizer",
+        "trainer",
+    ]
 
 
 def test_student_loss_reaches_no_teacher_and_teacher_loss_no_student() -> None:
