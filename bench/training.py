@@ -319,7 +319,7 @@ class Phantoms:
 PHANTOMS_FULL = {
     "brats": Phantoms("brats", 6, (240, 240, 155), ("common.data.brats", "make-split", "--dataset-dir", "{dataset_dir}",
                       "--out", "{out}/datalist.json", "--folds", "4", "--test-fraction", "0")),
-    "btcv": Phantoms("btcv", 4, (512, 512, 100), ("common.refinement_data", "corrupt-gt", "--dataset-dir",
+    "btcv": Phantoms("btcv", 4, (512, 512, 100), ("common.base_predictions", "corrupt-gt", "--dataset-dir",
                      "{dataset_dir}", "--out", "{out}", "--copies", "2", "--partial-split")),
     "visible_korean": Phantoms("visible_korean", 8, (1216, 2048), ("common.data.visible_korean", "prepare",
                                "--dataset-dir", "{dataset_dir}", "--out", "{out}", "--quality-check", "0",
@@ -374,7 +374,7 @@ DATA_CASES = (
     DataCase(
         "refnet_synapse", "btcv",
         {"dataset_dir": "{dataset_dir}", "datalist_file": "{prepared}/datalist.json", "num_validation_cases": 1,
-         "train#dataset#data": f"$@refinement_split[0] * {DATA_REPEAT}"},
+         "train#dataset#data": f"$@refinement_split.train * {DATA_REPEAT}"},
         full={"slices_per_volume": 4}, quick=_QUICK_REFNET,
         notes="4 slices per volume instead of 16 (memory): less loading per batch and a 4x shorter step",
     ),

@@ -1,13 +1,13 @@
-"""Training data for RefNet (bundle ``refnet_synapse``): base-model predictions and the datalists that pair them.
+"""RefNet's training data: base-model predictions made by running the ``refnet_synapse`` bundle's configs.
 
 RefNet (seed paper 003) learns to refine what a base model (Swin UNETR) gets wrong, so its training inputs are
 base-model predictions of cases whose ground truth is known. Three commands make them::
 
-    python -m common.refinement_data base-oof --bundle-root bundles/refnet_synapse --dataset-dir /data/BTCV \\
+    python -m common.base_predictions base-oof --bundle-root bundles/refnet_synapse --dataset-dir /data/BTCV \\
         --out runs/base --folds 3 --seeds 0 1 [--in-sample] [--probabilities] [--overlay base_settings.json]
-    python -m common.refinement_data base-test --bundle-root bundles/refnet_synapse --dataset-dir /data/BTCV \\
+    python -m common.base_predictions base-test --bundle-root bundles/refnet_synapse --dataset-dir /data/BTCV \\
         --out runs/base [--seed 0] [--base-ckpt models/base_model.pt] [--probabilities]
-    python -m common.refinement_data corrupt-gt --dataset-dir /data/BTCV --out runs/corrupted [--copies 2] \
+    python -m common.base_predictions corrupt-gt --dataset-dir /data/BTCV --out runs/corrupted [--copies 2] \\
         [--probabilities]
 
 - ``base-oof`` splits the 18 Synapse training cases into ``--folds`` folds for every seed in ``--seeds``
@@ -27,18 +27,8 @@ base-model predictions of cases whose ground truth is known. Three commands make
   encoded and smoothed). The bundle's demo uses it, because even a toy Swin UNETR takes minutes to train on a CPU,
   too long for the shared one-epoch checks; it is no substitute for real base predictions.
 
-Every command writes (or, for ``base-oof`` and ``base-test``, merges into) ``<out>/datalist.json``::
-
-    {"description": "...", "num_classes": 13,
-     "training": [{"case": "0005", "image": "Training/img/img0005.nii.gz", "label": "Training/label/label0005.nii.gz",
-                   "base": "predictions/seed0_fold1/img0005_base.nii.gz", "seed": 0, "fold": 1,
-                   "source": "out_of_fold"}, ...],
-     "test": [{"case": "0008", ..., "source": "test"}, ...]}
-
-``image`` and ``label`` are relative to the BTCV ``RawData`` folder, ``base`` (and ``base_probabilities`` with
-``--probabilities``) to the datalist's folder, so both trees can move. :func:`load_refinement_datalist` resolves
-and checks them for the bundle configs. Base label maps are uint8 NIfTI in the 12-organ convention with the CT's
-geometry; probabilities are 13-channel uint8 NIfTI holding ``round(255 p)``.
+Every command writes (or, for ``base-oof`` and ``base-test``, merges into) ``<out>/datalist.json``, the refinement
+datalist that the bundle's ``train.json`` reads; :mod:`common.data.refinement` describes its format.
 """
 
 from __future__ import annotations
@@ -48,214 +38,16 @@ import gzip
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from common.bundle_run import monai_bundle_run
 from common.data.btcv import BTCVDataError, btcv_case_paths, find_raw_data_dir, kfold_cases, synapse_split
+from common.data.refinement import NUM_CLASSES, datalist_entry, require_file, write_datalist
 from common.io import atomic_write_bytes, atomic_write_json
 
-__all__ = [
-    "DATALIST_NAME",
-    "SOURCES",
-    "RefinementDataError",
-    "RefinementFileNotFoundError",
-    "base_oof",
-    "base_test",
-    "corrupt_gt",
-    "corrupted_gt_items",
-    "load_refinement_datalist",
-    "main",
-    "refine_datalist",
-    "require_file",
-    "split_validation_cases",
-]
-
-DATALIST_NAME = "datalist.json"
-SOURCES = ("out_of_fold", "in_sample", "test", "corrupted_gt")
-NUM_CLASSES = 13  # background + the 12 organs of common.data.btcv.SYNAPSE12_LABELS
-_PATH_KEYS_IN_DATASET = ("image", "label")
-_PATH_KEYS_IN_DATALIST = ("base", "base_probabilities")
-
-
-class RefinementDataError(BTCVDataError):
-    """A refinement datalist, or a file it or ``configs/refine.json`` names, is not what was expected."""
-
-
-class RefinementFileNotFoundError(RefinementDataError, FileNotFoundError):
-    """A refinement datalist, or a file it or ``configs/refine.json`` names, does not exist."""
-
-
-def require_file(path: str | os.PathLike, what: str) -> str:
-    """``path`` as a string if it is a file; otherwise ``FileNotFoundError`` naming ``what`` was expected there."""
-    if not Path(path).is_file():
-        raise RefinementFileNotFoundError(f"'{path}' does not exist: expected the {what} there.")
-    return str(path)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# datalists
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _entry(raw_dir: Path, datalist_dir: Path, case: str, base: Path, **extra: Any) -> dict[str, Any]:
-    paths = btcv_case_paths(raw_dir, case)
-    entry: dict[str, Any] = {
-        "case": case,
-        "image": paths.image.relative_to(raw_dir).as_posix(),
-        "label": paths.label.relative_to(raw_dir).as_posix(),
-        "base": base.relative_to(datalist_dir).as_posix(),
-    }
-    probabilities = base.with_name(base.name.replace("_base.nii", "_prob.nii"))
-    if probabilities.is_file():
-        entry["base_probabilities"] = probabilities.relative_to(datalist_dir).as_posix()
-    entry.update(extra)
-    return entry
-
-
-def _write_datalist(out: Path, sections: Mapping[str, list[dict[str, Any]]], description: str) -> Path:
-    """Write (merging section by section into an existing file) ``out/datalist.json``."""
-    target = out / DATALIST_NAME
-    content: dict[str, Any] = {}
-    if target.is_file():
-        content = json.loads(target.read_text())
-    content.update({"description": description, "num_classes": NUM_CLASSES})
-    content.update(sections)
-    atomic_write_json(target, content)
-    return target
-
-
-def load_refinement_datalist(
-    datalist_file: str | os.PathLike,
-    dataset_dir: str | os.PathLike,
-    check_files: bool = True,
-    require_probabilities: bool = False,
-) -> dict[str, list[dict[str, Any]]]:
-    """Read a refinement datalist (module docstring) and return its sections with absolute paths.
-
-    Args:
-        datalist_file: the ``datalist.json`` written by one of this module's commands.
-        dataset_dir: the BTCV folder (``RawData`` or the folder holding it) that ``image`` and ``label`` are
-            relative to.
-        check_files: stop at the first file that does not exist.
-        require_probabilities: every entry must name ``base_probabilities`` (RefNet with probability input).
-
-    Returns:
-        ``{"training": [...], "test": [...]}`` (the sections present; a missing section is an empty list).
-
-    Raises:
-        FileNotFoundError: naming the datalist, or the first missing file and the entry that names it.
-        ValueError: for a file that is not a refinement datalist.
-    """
-    path = Path(datalist_file).expanduser()
-    if not path.is_file():
-        raise RefinementFileNotFoundError(
-            f"'{path}': no refinement datalist there; make one with python -m common.refinement_data "
-            "base-oof / base-test (or corrupt-gt for a quick check)."
-        )
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RefinementDataError(f"'{path}': not valid JSON ({e})") from e
-    if not isinstance(content, dict) or not any(isinstance(content.get(s), list) for s in ("training", "test")):
-        raise RefinementDataError(f"'{path}': expected an object with a 'training' and/or 'test' list of entries.")
-    raw_dir = find_raw_data_dir(dataset_dir).resolve()
-    sections: dict[str, list[dict[str, Any]]] = {"training": [], "test": []}
-    for section in ("training", "test"):
-        for i, item in enumerate(content.get(section, [])):
-            missing = [k for k in ("case", "image", "label", "base") if k not in item]
-            if missing:
-                raise RefinementDataError(f"'{path}': {section}[{i}] lacks {missing}.")
-            if require_probabilities and "base_probabilities" not in item:
-                raise RefinementDataError(
-                    f"'{path}': {section}[{i}] (case {item['case']}) has no base_probabilities, which RefNet with "
-                    "probability input needs; make the base predictions with --probabilities."
-                )
-            entry = dict(item)
-            for key in _PATH_KEYS_IN_DATASET:
-                entry[key] = str(raw_dir / item[key])
-            for key in _PATH_KEYS_IN_DATALIST:
-                if key in item:
-                    entry[key] = str((path.parent / item[key]).resolve())
-            if check_files:
-                for key in (*_PATH_KEYS_IN_DATASET, *_PATH_KEYS_IN_DATALIST):
-                    if key in entry and not Path(entry[key]).is_file():
-                        raise RefinementFileNotFoundError(
-                            f"'{entry[key]}' does not exist; it is the {key!r} of {section}[{i}] (case "
-                            f"{item['case']}) in '{path}'."
-                        )
-            sections[section].append(entry)
-    return sections
-
-
-def split_validation_cases(
-    entries: Sequence[Mapping[str, Any]], num_validation_cases: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Hold out whole cases of a ``training`` section to validate RefNet on: ``(train entries, validation entries)``.
-
-    The last ``num_validation_cases`` case ids (sorted) are held out; every entry of those cases leaves the
-    training entries, and their out-of-fold, test or corrupted-GT entries (not in-sample ones, which a base model
-    saw in training) become the validation entries. ``0`` validates on nothing held out: the validation entries
-    are then the training entries themselves (monitoring only).
-
-    Raises:
-        ValueError: when fewer than ``num_validation_cases + 1`` cases are present.
-    """
-    cases = sorted({str(e["case"]) for e in entries})
-    if num_validation_cases < 0 or num_validation_cases >= len(cases):
-        raise ValueError(
-            f"num_validation_cases must be in 0..{len(cases) - 1}: the datalist holds {len(cases)} case(s) and at "
-            f"least one must train RefNet; got {num_validation_cases}."
-        )
-    if num_validation_cases == 0:
-        return [dict(e) for e in entries], [dict(e) for e in entries]
-    held_out = set(cases[-num_validation_cases:])
-    train = [dict(e) for e in entries if e["case"] not in held_out]
-    validation = [dict(e) for e in entries if e["case"] in held_out and e.get("source") != "in_sample"]
-    if not validation:
-        validation = [dict(e) for e in entries if e["case"] in held_out]
-    return train, validation
-
-
-def corrupted_gt_items(entries: Sequence[Mapping[str, Any]], copies: int = 1) -> list[dict[str, Any]]:
-    """One ``{"case", "image", "label"}`` item per distinct case of ``entries``, repeated ``copies`` times.
-
-    The data of the corrupted-ground-truth augmentation (``configs/refnet_corrupted_gt.json``): its pipeline copies
-    ``label`` to ``base`` and corrupts that copy afresh every time an item is drawn.
-    """
-    if copies < 0:
-        raise ValueError(f"copies must be >= 0, got {copies}.")
-    unique: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        unique.setdefault(str(e["case"]), {"case": e["case"], "image": e["image"], "label": e["label"]})
-    return [dict(item) for _ in range(copies) for item in unique.values()]
-
-
-def refine_datalist(
-    segmentation_file: str | os.PathLike, image_file: str | os.PathLike | None = None, use_image: bool = False
-) -> list[dict[str, str]]:
-    """The datalist of ``configs/refine.json``: one existing segmentation (``base``) and, optionally, its CT.
-
-    Args:
-        segmentation_file: a label map from any model, in the BTCV (0..13) or 12-organ (0..12) convention.
-        image_file: the CT it segments; ``None`` or ``""`` when there is none.
-        use_image: whether RefNet is image-aware (then the CT is required).
-
-    Raises:
-        FileNotFoundError: naming a file that does not exist.
-        ValueError: when an image-aware RefNet gets no CT.
-    """
-    entry = {"base": require_file(Path(segmentation_file).expanduser(), "segmentation to refine")}
-    if image_file:
-        entry["image"] = require_file(Path(image_file).expanduser(), "CT of the segmentation")
-    elif use_image:
-        raise RefinementDataError(
-            "the image-aware RefNet (use_image true) needs the CT of the segmentation: set image_file, or refine "
-            "with the label-only RefNet."
-        )
-    return [entry]
-
+__all__ = ["base_oof", "base_test", "corrupt_gt", "main"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # base-model predictions through the bundle's configs
@@ -385,15 +177,15 @@ def base_oof(
             _train_and_predict(bundle_root, out / "base_models" / name, prediction_dir, settings, predict, None, log)
             for case in held_out:
                 base = _prediction_file(prediction_dir, case)
-                entries.append(_entry(raw_dir, out, case, base, seed=seed, fold=fold, source="out_of_fold"))
+                entries.append(datalist_entry(raw_dir, out, case, base, seed=seed, fold=fold, source="out_of_fold"))
             for case in train if in_sample else []:
                 base = _prediction_file(prediction_dir, case)
-                entries.append(_entry(raw_dir, out, case, base, seed=seed, fold=fold, source="in_sample"))
+                entries.append(datalist_entry(raw_dir, out, case, base, seed=seed, fold=fold, source="in_sample"))
     description = (
         f"RefNet training data: Swin UNETR predictions of the Synapse training cases, {folds}-fold out-of-fold "
-        f"for seeds {list(seeds)}" + (" plus in-sample" if in_sample else "") + "; made by common.refinement_data."
+        f"for seeds {list(seeds)}" + (" plus in-sample" if in_sample else "") + "; made by common.base_predictions."
     )
-    return _write_datalist(out, {"training": entries}, description)
+    return write_datalist(out, {"training": entries}, description)
 
 
 def base_test(
@@ -433,12 +225,12 @@ def base_test(
     run_dir = out / "base_models" / f"seed{seed}_all"
     _train_and_predict(bundle_root, run_dir, prediction_dir, settings, predict, checkpoint, log)
     entries = [
-        _entry(raw_dir, out, case, _prediction_file(prediction_dir, case), seed=seed, source="test")
+        datalist_entry(raw_dir, out, case, _prediction_file(prediction_dir, case), seed=seed, source="test")
         for case in test_cases
     ]
     if checkpoint is None:
         log(f"base model trained on all training cases: {run_dir / 'models' / 'base_model.pt'}")
-    return _write_datalist(out, {"test": entries}, "Swin UNETR base predictions; made by common.refinement_data.")
+    return write_datalist(out, {"test": entries}, "Swin UNETR base predictions; made by common.base_predictions.")
 
 
 def _write_nifti(path: Path, array: Any, like: Any) -> None:
@@ -514,13 +306,13 @@ def corrupt_gt(
             stored = np.rint(np.moveaxis(one_hot, 0, -1) * 255).astype(np.uint8)
             _write_nifti(target.with_name(target.name.replace("_base.nii", "_prob.nii")), stored, label)
         source = "test" if section == "test" else "corrupted_gt"
-        sections[section].append(_entry(raw_dir, out, case, target, seed=copy, source=source))
+        sections[section].append(datalist_entry(raw_dir, out, case, target, seed=copy, source=source))
     log(f"corrupted ground truth of {len(train_cases)} training case(s) x {copies} and {len(test_cases)} test case(s)")
     description = (
-        "Stand-in base predictions: corrupted ground truth (common.refinement_data corrupt-gt), for demos and tests "
+        "Stand-in base predictions: corrupted ground truth (common.base_predictions corrupt-gt), for demos and tests "
         "only; real RefNet training data come from base-oof and base-test."
     )
-    return _write_datalist(out, sections, description)
+    return write_datalist(out, sections, description)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -529,7 +321,7 @@ def corrupt_gt(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.refinement_data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m common.base_predictions", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def data_args(p: argparse.ArgumentParser) -> None:

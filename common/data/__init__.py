@@ -12,6 +12,8 @@ One home per dataset, and a reader can rely on this rule:
   (``visible_korean/preparation.py``), and the command line, where the dataset has one, is ``__main__.py``
   (``python -m common.data.<dataset> ...``). The package's ``__init__`` re-exports the public names, so configs and
   code say ``common.data.<dataset>.X`` whichever module ``X`` lives in.
+- Datalists that the bundles write themselves have a module of their own: :mod:`.refinement`, the RefNet datalists
+  of base-model predictions (written by :mod:`common.base_predictions`).
 - Transforms that do not depend on a dataset's files or label values live in :mod:`common.transforms`; phantoms
   written in these layouts in :mod:`common.synthetic`.
 

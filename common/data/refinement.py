@@ -32,7 +32,6 @@ from typing import Any, NamedTuple
 
 from common.data.btcv import BTCVDataError, btcv_case_paths, find_raw_data_dir
 from common.io import atomic_write_json
-from common.transforms.refinement import BASE_INPUTS
 
 __all__ = [
     "DATALIST_NAME",
@@ -137,8 +136,9 @@ def load_refinement_datalist(
         datalist_file: the ``datalist.json`` written by :mod:`common.base_predictions`.
         dataset_dir: the BTCV folder (``RawData`` or the folder holding it) that ``image`` and ``label`` are
             relative to.
-        base_input: what RefNet is given of the base prediction (``train.json``'s ``base_input``):
-            ``"probabilities"`` requires every entry to name ``base_probabilities``.
+        base_input: what RefNet is given of the base prediction (``train.json``'s ``base_input``, checked by
+            :class:`common.transforms.refinement.RefNetInputd`): ``"probabilities"`` requires every entry to name
+            ``base_probabilities``; ``"labels"`` does not.
         check_files: stop at the first file that does not exist.
 
     Returns:
@@ -146,10 +146,8 @@ def load_refinement_datalist(
 
     Raises:
         FileNotFoundError: naming the datalist, or the first missing file and the entry that names it.
-        ValueError: for a file that is not a refinement datalist, or an unknown ``base_input``.
+        ValueError: for a file that is not a refinement datalist.
     """
-    if base_input not in BASE_INPUTS:
-        raise ValueError(f"base_input must be one of {BASE_INPUTS}, got {base_input!r}.")
     path = Path(datalist_file).expanduser()
     if not path.is_file():
         raise RefinementFileNotFoundError(

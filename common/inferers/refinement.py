@@ -5,6 +5,8 @@ cascade with its ``network`` being RefNet (what ``network_def`` defines, what ``
 checkpoint ``models/model.pt`` holds) while the base model travels inside the inferer as a second network with its
 own weights (``models/base_model.pt``). MONAI Label and MONAI Deploy, which read ``preprocessing``, ``inferer``,
 ``network`` and ``postprocessing`` from ``inference.json``, therefore get CT in and the refined label map out.
+RefNet's input is built by :class:`common.transforms.refinement.RefNetInputd`, the transform that builds it in
+training, so the cascade gives RefNet what it was trained on.
 """
 
 from __future__ import annotations
@@ -16,17 +18,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import Spacing, SpatialResample
 from monai.utils import convert_to_dst_type
 
-from common.transforms.refinement import AddNeighbouringSlicesd
+from common.transforms.refinement import RefNetInputd
 
-__all__ = ["BASE_INPUTS", "BaseThenRefineInferer", "load_weights", "refnet_input"]
-
-BASE_INPUTS = ("labels", "probabilities")
+__all__ = ["BaseThenRefineInferer", "load_weights"]
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -49,40 +48,6 @@ def load_weights(network: nn.Module, path: str | os.PathLike | None) -> nn.Modul
     return network
 
 
-def refnet_input(
-    probabilities: torch.Tensor,
-    image: torch.Tensor | None,
-    base_input: str = "labels",
-    num_neighbours: int | None = None,
-) -> torch.Tensor:
-    """RefNet's input volume from a base model's class probabilities and, optionally, the CT.
-
-    Args:
-        probabilities: ``(C, H, W, D)`` class probabilities of the base model on the CT's grid.
-        image: ``(1, H, W, D)`` intensity-scaled CT, or ``None`` for the label-only RefNet.
-        base_input: ``"labels"``: the one-hot encoding of the base label map (``argmax``), which RefNet
-            (``label_input="probabilities"``) embeds exactly as the paper's embedding lookup of the hard labels;
-            ``"probabilities"``: the probabilities themselves.
-        num_neighbours: CT slices taken on each side of every slice (``AddNeighbouringSlicesd``); ignored without
-            ``image``.
-
-    Returns:
-        ``(C + (2 * num_neighbours + 1 if image is given else 0), H, W, D)``, the base channels first.
-    """
-    if base_input not in BASE_INPUTS:
-        raise ValueError(f"base_input must be one of {BASE_INPUTS}, got {base_input!r}.")
-    if base_input == "labels":
-        num_classes = probabilities.shape[0]
-        base = F.one_hot(probabilities.argmax(0), num_classes).movedim(-1, 0).to(probabilities.dtype)
-    else:
-        base = probabilities
-    parts = [_plain(base)]
-    if image is not None:
-        stacked = AddNeighbouringSlicesd("image", num_neighbours=num_neighbours or 0)({"image": image})["image"]
-        parts.append(_plain(stacked).to(device=base.device, dtype=base.dtype))
-    return torch.cat(parts, dim=0)
-
-
 class BaseThenRefineInferer(Inferer):
     """CT volume -> base model (sliding window, at its own voxel spacing) -> RefNet on every axial slice.
 
@@ -94,18 +59,17 @@ class BaseThenRefineInferer(Inferer):
     2. ``base_inferer`` (a ``SlidingWindowInferer``) runs ``base_network`` and the softmax gives class
        probabilities, which are resampled back onto the CT's grid (bilinear, then used as is: interpolating
        probabilities rather than label ids keeps boundaries between organs sensible);
-    3. :func:`refnet_input` builds RefNet's input (one-hot base labels or probabilities, plus the CT and its
-       neighbouring slices for the image-aware RefNet), and ``refine_inferer`` (a ``SliceInferer`` over the last
-       spatial axis) runs RefNet slice by slice.
+    3. ``network_input`` (:class:`~common.transforms.refinement.RefNetInputd`) builds RefNet's input from the base
+       label map (the probabilities' ``argmax``) or the probabilities, and the CT, as in training; and
+       ``refine_inferer`` (a ``SliceInferer`` over the last spatial axis) runs RefNet slice by slice.
 
     Args:
         base_network: the base segmentation model, e.g. MONAI ``SwinUNETR`` with ``num_classes`` outputs.
         base_inferer: how to run it on a whole volume, e.g. ``SlidingWindowInferer(roi_size=(96, 96, 96))``.
         refine_inferer: how to run RefNet on a volume, e.g. ``SliceInferer(spatial_dim=2, roi_size=(-1, -1))``.
         base_spacing: voxel spacing (mm) the base model was trained at, or ``None`` to run it on the CT's grid.
-        base_input: ``"labels"`` or ``"probabilities"`` (see :func:`refnet_input`).
-        use_image: give RefNet the CT as well (image-aware RefNet).
-        num_neighbours: CT slices on each side of every slice when ``use_image``.
+        network_input: RefNet's input transform with the variant's settings (the ``refnet_input`` of the bundle's
+            configs); ``None``: ``RefNetInputd()``, the paper's RefNet (one-hot base labels of 13 classes only).
     """
 
     def __init__(
@@ -114,22 +78,14 @@ class BaseThenRefineInferer(Inferer):
         base_inferer: Inferer,
         refine_inferer: Inferer,
         base_spacing: Sequence[float] | None = (1.5, 1.5, 2.0),
-        base_input: str = "labels",
-        use_image: bool = False,
-        num_neighbours: int = 0,
+        network_input: RefNetInputd | None = None,
     ) -> None:
         super().__init__()
-        if base_input not in BASE_INPUTS:
-            raise ValueError(f"base_input must be one of {BASE_INPUTS}, got {base_input!r}.")
-        if num_neighbours < 0:
-            raise ValueError(f"num_neighbours must be >= 0, got {num_neighbours}.")
         self.base_network = base_network
         self.base_inferer = base_inferer
         self.refine_inferer = refine_inferer
         self.base_spacing = None if base_spacing is None else tuple(float(s) for s in base_spacing)
-        self.base_input = base_input
-        self.use_image = bool(use_image)
-        self.num_neighbours = int(num_neighbours)
+        self.network_input = RefNetInputd() if network_input is None else network_input
 
     def base_probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """``(1, H, W, D)`` CT (``MetaTensor`` with its affine) -> ``(C, H, W, D)`` base probabilities on its grid."""
@@ -158,10 +114,23 @@ class BaseThenRefineInferer(Inferer):
             )
         outputs = []
         for item in range(inputs.shape[0]):
-            image = inputs[item]
-            probabilities = self.base_probabilities(image)
-            x = refnet_input(
-                probabilities, _plain(image) if self.use_image else None, self.base_input, self.num_neighbours
-            )
+            x = self.refnet_input(inputs[item])
             outputs.append(_plain(self.refine_inferer(x[None], network, *args, **kwargs)))
         return convert_to_dst_type(torch.cat(outputs, dim=0), dst=inputs)[0]
+
+    def refnet_input(self, image: torch.Tensor) -> torch.Tensor:
+        """``(1, H, W, D)`` CT -> RefNet's input volume: the base model's output through ``network_input``."""
+        probabilities = self.base_probabilities(image)
+        transform = self.network_input
+        if probabilities.shape[0] != transform.num_classes:
+            raise ValueError(
+                f"BaseThenRefineInferer: the base model gives {probabilities.shape[0]} classes, RefNet's input "
+                f"expects {transform.num_classes}."
+            )
+        labels = probabilities.argmax(0, keepdim=True).to(probabilities.dtype)
+        data = {
+            transform.image_key: _plain(image),
+            transform.base_key: labels,
+            transform.probabilities_key: probabilities,
+        }
+        return _plain(transform(data)[transform.output_key])

@@ -1,5 +1,8 @@
-"""Dictionary transforms for training RefNet (``refnet_synapse``): 2.5D image input and label-map corruptions.
+"""Dictionary transforms of RefNet (``refnet_synapse``): its input, 2.5D image channels and label-map corruptions.
 
+- :class:`RefNetInputd` builds what RefNet is given, from a base prediction and (image-aware RefNet) the CT. The
+  training, validation and ``refine.json`` pipelines and the cascade inferer
+  (:class:`common.inferers.refinement.BaseThenRefineInferer`) all use it, so they cannot disagree on the input.
 - :class:`AddNeighbouringSlicesd` stacks each CT slice's depth neighbours as channels, so that a 2D slice network
   (RefNet run by ``SliceInferer``) sees the slices above and below.
 - :class:`RandLabelErosionDilationd`, :class:`RandLabelSwapd` and :class:`RandDropSlicesd` corrupt a ground-truth
@@ -27,22 +30,29 @@ A training pipeline that corrupts a copy of the ground truth into the RefNet inp
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import AsDiscrete, MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
 __all__ = [
+    "BASE_INPUTS",
     "AddNeighbouringSlicesd",
     "RandDropSlicesd",
     "RandLabelErosionDilationd",
     "RandLabelSwapd",
+    "RefNetInputd",
 ]
 
+#: What RefNet is given of the base prediction: its label map one-hot encoded, or its class probabilities.
+BASE_INPUTS = ("labels", "probabilities")
+#: The two steps of :class:`RefNetInputd`, in the order they run.
+REFNET_INPUT_STEPS = ("neighbours", "assemble")
 SWAP_MODES = ("component", "organ", "exchange")
 DROP_MODES = ("background", "neighbour")
 
@@ -138,6 +148,145 @@ class AddNeighbouringSlicesd(MapTransform):
                     shifted.append(np.take(image, index, axis=axis))
             d[key] = torch.cat(shifted, dim=0) if isinstance(image, torch.Tensor) else np.concatenate(shifted, axis=0)
         return d
+
+
+class RefNetInputd(MapTransform):
+    """RefNet's input, from a base prediction and (image-aware RefNet) the CT, stored under ``output_key``.
+
+    Channels, in this order:
+
+    1. the base prediction, ``num_classes`` channels. ``base_input="labels"``: the label map under ``base_key``
+       (``(1, *spatial)`` class ids) one-hot encoded (MONAI ``AsDiscrete(to_onehot=num_classes)``), which RefNet
+       (``label_input="probabilities"``) embeds exactly as the paper's embedding of the hard labels;
+       ``"probabilities"``: the class probabilities under ``probabilities_key`` as they are (float32);
+    2. with ``use_image`` only: the intensity-scaled CT under ``image_key`` and ``num_neighbours`` slices on each side
+       of every slice along depth (:class:`AddNeighbouringSlicesd`), ``2 * num_neighbours + 1`` channels
+       (:attr:`image_channels`, RefNet's ``image_channels``).
+
+    The bundle's training and validation pipelines (``train.json``), ``refine.json`` and the cascade inferer of
+    ``inference.json`` all build RefNet's input with this transform, each from the same variant settings
+    (``base_input``, ``use_image``, ``num_neighbours``), so training and inference cannot drift apart.
+
+    Two steps make the input, and a call runs both:
+
+    - ``"neighbours"`` stacks the CT's neighbouring slices in place (``image_key`` then holds ``2k + 1`` channels);
+      it needs whole volumes, since it reads along depth;
+    - ``"assemble"`` encodes the base prediction and appends the CT channels, voxel by voxel, so it works on volumes
+      and on single slices alike.
+
+    :attr:`neighbours` and :attr:`assemble` are copies of the transform that run one step each, for a training
+    pipeline that samples 2D slices: the neighbours before sampling, the rest after, which gives each slice exactly
+    what a call gives the volume at that depth, while the one-hot encoding never holds ``num_classes`` float
+    channels of a whole CT in memory.
+
+    Other keys are left as they are (``base_key`` still holds the label map, e.g. for a loss). The output has the
+    type of the base prediction (a ``MetaTensor`` with its meta data in a MONAI pipeline, a tensor in the inferer).
+
+    Args:
+        base_input: one of :data:`BASE_INPUTS`.
+        num_classes: classes of the base prediction, background included (13).
+        use_image: append the CT (image-aware RefNet).
+        num_neighbours: CT slices on each side of every slice, with ``use_image``.
+        base_key: the base label map ``(1, *spatial)``, read with ``base_input="labels"``.
+        probabilities_key: the base class probabilities ``(num_classes, *spatial)``, read with ``"probabilities"``.
+        image_key: the CT ``(1, *spatial)``, intensity-scaled; read with ``use_image``.
+        output_key: where the input goes (``"image"``, what a MONAI engine feeds the network).
+        steps: the steps this instance runs, of :data:`REFNET_INPUT_STEPS` (both by default).
+
+    Raises:
+        ValueError: for unknown settings; in a call, for probabilities that are not ``num_classes`` channels or CT
+            channels that do not number ``2 * num_neighbours + 1`` (the ``"neighbours"`` step not run first).
+    """
+
+    def __init__(
+        self,
+        base_input: str = "labels",
+        num_classes: int = 13,
+        use_image: bool = False,
+        num_neighbours: int = 0,
+        base_key: str = "base",
+        probabilities_key: str = "base_probabilities",
+        image_key: str = "image",
+        output_key: str = "image",
+        steps: Sequence[str] = REFNET_INPUT_STEPS,
+    ) -> None:
+        if base_input not in BASE_INPUTS:
+            raise ValueError(f"RefNetInputd: base_input must be one of {BASE_INPUTS}, got {base_input!r}.")
+        if num_classes < 2:
+            raise ValueError(f"RefNetInputd: num_classes must be at least 2, got {num_classes}.")
+        if num_neighbours < 0:
+            raise ValueError(f"RefNetInputd: num_neighbours must be >= 0, got {num_neighbours}.")
+        steps = tuple(steps)
+        if not steps or any(step not in REFNET_INPUT_STEPS for step in steps):
+            raise ValueError(f"RefNetInputd: steps must be taken from {REFNET_INPUT_STEPS}, got {steps}.")
+        self.source_key = base_key if base_input == "labels" else probabilities_key
+        super().__init__([self.source_key, *([image_key] if use_image else [])])
+        self.base_input = base_input
+        self.num_classes = int(num_classes)
+        self.use_image = bool(use_image)
+        self.num_neighbours = int(num_neighbours)
+        self.base_key = base_key
+        self.probabilities_key = probabilities_key
+        self.image_key = image_key
+        self.output_key = output_key
+        self.steps = steps
+        self._stack = AddNeighbouringSlicesd(image_key, num_neighbours=self.num_neighbours)
+        self._encode = AsDiscrete(to_onehot=self.num_classes if base_input == "labels" else None)
+
+    @property
+    def image_channels(self) -> int:
+        """CT channels after the base channels: ``2 * num_neighbours + 1`` with ``use_image``, else 0."""
+        return 2 * self.num_neighbours + 1 if self.use_image else 0
+
+    @property
+    def neighbours(self) -> RefNetInputd:
+        """This transform running the ``"neighbours"`` step only (whole volumes, before slices are sampled)."""
+        return self._only("neighbours")
+
+    @property
+    def assemble(self) -> RefNetInputd:
+        """This transform running the ``"assemble"`` step only (volumes or slices, after ``neighbours``)."""
+        return self._only("assemble")
+
+    def _only(self, step: str) -> RefNetInputd:
+        part = copy.copy(self)
+        part.steps = (step,)
+        return part
+
+    def _assemble(self, d: Mapping[Hashable, NdarrayOrTensor]) -> NdarrayOrTensor:
+        base = d[self.source_key]
+        if self.base_input == "probabilities" and base.shape[0] != self.num_classes:
+            raise ValueError(
+                f"RefNetInputd: '{self.source_key}' holds {base.shape[0]} channels; expected the probabilities of "
+                f"the {self.num_classes} classes."
+            )
+        encoded = self._encode(base)
+        if encoded is base:  # AsDiscrete passes float32 probabilities through; the input must not alias them
+            encoded = copy.deepcopy(base)
+        if not self.use_image:
+            return encoded
+        image = convert_to_dst_type(d[self.image_key], dst=encoded)[0]
+        if image.shape[0] != self.image_channels:
+            raise ValueError(
+                f"RefNetInputd: '{self.image_key}' holds {image.shape[0]} channels; expected the CT and "
+                f"{self.num_neighbours} neighbouring slice(s) on each side, {self.image_channels} (run the "
+                "'neighbours' step on the volume first)."
+            )
+        if isinstance(encoded, torch.Tensor):
+            return torch.cat([encoded, image], dim=0)
+        return np.concatenate([encoded, image], axis=0)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        if "neighbours" in self.steps and self.use_image:
+            d = self._stack(d)
+        if "assemble" in self.steps:
+            d[self.output_key] = self._assemble(d)
+        return d
+
+    def __repr__(self) -> str:
+        settings = f"{self.base_input}, use_image={self.use_image}, num_neighbours={self.num_neighbours}"
+        return f"RefNetInputd({settings}, steps={self.steps})"
 
 
 class _RandLabelCorruptiond(RandomizableTransform, MapTransform):

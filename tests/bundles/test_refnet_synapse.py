@@ -2,7 +2,7 @@
 
 Tiny sizes: 5 BTCV phantoms of 48x48x24 voxels (3 Synapse training and 2 test cases), a Swin UNETR with
 feature_size 12, one block and one head per stage on 64x32x32 patches, RefNet widths (8, 8, 16, 32, 64, 8), one
-epoch each. Everything runs through ``python -m common.refinement_data`` and ``python -m monai.bundle run`` as the
+epoch each. Everything runs through ``python -m common.base_predictions`` and ``python -m monai.bundle run`` as the
 README tells users to. ``test_phantom_benchmark_paper_and_image_aware_refnet`` (marked slow) trains the whole
 pipeline longer and prints the raw vs refined tables.
 """
@@ -24,7 +24,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor, list_data_collate
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
-import common.refinement_data
+import common.base_predictions
 from ci import zoo
 from common.data.btcv import (
     BTCV_LABELS,
@@ -39,16 +39,17 @@ from common.data.btcv import (
     kfold_cases,
     synapse_split,
 )
-from common.metrics.refinement import refinement_table, write_refinement_table
-from common.metrics.synapse import transunet_case_metrics
-from common.refinement_data import (
+from common.data.refinement import (
     corrupted_gt_items,
     load_refinement_datalist,
     refine_datalist,
     split_validation_cases,
 )
-from common.refinement_inferer import BaseThenRefineInferer, refnet_input
+from common.inferers.refinement import BaseThenRefineInferer
+from common.metrics.refinement import refinement_table, write_refinement_table
+from common.metrics.synapse import transunet_case_metrics
 from common.synthetic.btcv import generate_btcv
+from common.transforms.refinement import RefNetInputd
 from tests.helpers import REPO_ROOT
 
 BUNDLE = REPO_ROOT / "bundles" / "refnet_synapse"
@@ -177,7 +178,7 @@ def test_refinement_datalist_names_a_missing_file(pipeline, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"'base' of training\[0\] \(case "):
         load_refinement_datalist(broken, pipeline["data"])
     with pytest.raises(ValueError, match="has no base_probabilities"):
-        load_refinement_datalist(pipeline["corrupted_datalist"], pipeline["data"], require_probabilities=True)
+        load_refinement_datalist(pipeline["corrupted_datalist"], pipeline["data"], base_input="probabilities")
 
 
 def test_validation_cases_leave_training_whole():
@@ -212,16 +213,90 @@ def test_inference_base_network_is_the_network_train_base_trains():
 # ----------------------------------------------------------------------------------------------------- inferer
 
 
-def test_refnet_input_is_the_one_hot_base_labels_then_the_ct_stack():
-    probabilities = torch.softmax(torch.randn(13, 8, 8, 5), 0)
-    image = torch.rand(1, 8, 8, 5)
-    x = refnet_input(probabilities, image, "labels", num_neighbours=1)
-    assert x.shape == (13 + 3, 8, 8, 5)
-    torch.testing.assert_close(x[:13].argmax(0), probabilities.argmax(0))
-    assert set(x[:13].unique().tolist()) == {0.0, 1.0} and bool((x[:13].sum(0) == 1).all())
-    torch.testing.assert_close(x[14], image[0])  # the centre slice between its two neighbours
-    torch.testing.assert_close(x[13, ..., 1:], image[0, ..., :-1])
-    torch.testing.assert_close(refnet_input(probabilities, None, "probabilities"), probabilities)
+# RefNet variants as the bundle's overlays set them (configs/refnet_image_aware.json, refnet_probabilities.json)
+INPUT_VARIANTS = {
+    "paper": {},
+    "image_aware": {"use_image": True, "num_neighbours": 1},
+    "probabilities_image_aware": {"base_input": "probabilities", "use_image": True, "num_neighbours": 1},
+}
+
+
+def _parsed(configs: list[str], overrides: dict) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in configs])
+    parser.update({"bundle_root": str(BUNDLE), **TINY_REFNET, **overrides})
+    return parser
+
+
+@pytest.fixture(scope="module")
+def input_case(tmp_path_factory) -> dict:
+    """One case on a RAS grid: CT, ground truth, the base probabilities as stored (round(255 p)), their argmax."""
+    root = tmp_path_factory.mktemp("input_case")
+    rng = np.random.default_rng(0)
+    shape, affine = (32, 32, 6), np.diag([1.5, 1.5, 2.0, 1.0])
+
+    def save(name: str, array: np.ndarray) -> str:
+        nib.save(nib.Nifti1Image(array, affine), root / name)
+        return str(root / name)
+
+    stored = rng.integers(0, 5, (*shape, 13)).astype(np.uint8)  # per voxel one class far above the rest
+    winner = rng.integers(0, 13, shape)
+    np.put_along_axis(stored, winner[..., None], 200, axis=-1)
+    return {
+        "image": save("img0001.nii.gz", rng.integers(-400, 500, shape).astype(np.int16)),
+        "label": save("label0001.nii.gz", rng.integers(0, 14, shape).astype(np.uint8)),
+        "base": save("img0001_base.nii.gz", winner.astype(np.uint8)),
+        "base_probabilities": save("img0001_prob.nii.gz", stored),
+        # what a base model with these probabilities gives the cascade on the CT's grid
+        "probabilities": torch.from_numpy(np.moveaxis(stored, -1, 0).astype(np.float32) / 255),
+    }
+
+
+@pytest.mark.parametrize("variant", sorted(INPUT_VARIANTS))
+def test_training_validation_refine_and_the_inferer_give_refnet_the_same_input(variant, input_case):
+    """The same case through train.json's training and validation preprocessing, inference.json's cascade inferer
+    (base model output fixed to the stored probabilities) and refine.json: RefNet gets identical inputs."""
+    settings = INPUT_VARIANTS[variant]
+    item = {k: v for k, v in input_case.items() if k != "probabilities"}
+
+    # inference: CT -> preprocessing -> BaseThenRefineInferer, recording what RefNet receives slice by slice
+    inference = _parsed(["inference.json"], {**settings, **TINY_INFERENCE_BASE, "load_base_model": False})
+    inferer = inference.get_parsed_content("inferer")
+    inferer.base_probabilities = lambda image: input_case["probabilities"]
+    refnet = inference.get_parsed_content("network_def").eval()
+    seen = []
+
+    def recording_refnet(x):
+        seen.append(x.clone())
+        return refnet(x)
+
+    batch = list_data_collate([inference.get_parsed_content("preprocessing")({"image": item["image"]})])["image"]
+    with torch.no_grad():
+        inferer(batch, recording_refnet)
+    inferred = torch.cat(seen).permute(1, 2, 3, 0)  # (D, C, H, W) slices -> (C, H, W, D)
+    base_channels = 13
+    assert inferred.shape == (base_channels + refnet.image_channels, 32, 32, 6)
+
+    # validation (train.json): the whole volume
+    training = _parsed(["train.json"], {**settings, "slices_per_volume": 4})
+    validated = training.get_parsed_content("validate#preprocessing")(dict(item))["image"]
+    assert torch.equal(validated.as_tensor(), inferred)
+
+    # training (train.json): sampled axial slices, each the input of the volume at its depth
+    train_preprocessing = training.get_parsed_content("train#preprocessing")
+    train_preprocessing.set_random_state(seed=0)
+    for sample in train_preprocessing(dict(item)):
+        depths = [d for d in range(inferred.shape[-1]) if torch.equal(sample["image"].as_tensor(), inferred[..., d])]
+        assert depths, "a training slice differs from every slice the inferer gives RefNet"
+
+    # refine.json: the base label map from the file, always one-hot (no probabilities there)
+    refine = _parsed(["inference.json", "refine.json"], {**settings, "load_pretrain": False})
+    refined = refine.get_parsed_content("preprocessing")({"base": item["base"], "image": item["image"]})["image"]
+    if settings.get("base_input", "labels") == "labels":
+        assert torch.equal(refined.as_tensor(), inferred)
+    else:
+        assert torch.equal(refined[base_channels:].as_tensor(), inferred[base_channels:])
+        assert torch.equal(refined[:base_channels].argmax(0), inferred[:base_channels].argmax(0))
 
 
 def test_base_then_refine_inferer_returns_refnet_logits_on_the_ct_grid():
@@ -245,7 +320,7 @@ def test_base_then_refine_inferer_returns_refnet_logits_on_the_ct_grid():
         SlidingWindowInferer(roi_size=(64, 32, 32)),
         SliceInferer(spatial_dim=2, roi_size=(-1, -1), sw_batch_size=8),
         base_spacing=(16.0, 16.0, 20.0),
-        use_image=True,
+        network_input=RefNetInputd(use_image=True),
     )
     operations_before = copy.deepcopy(batch.applied_operations)
     with torch.no_grad():
@@ -324,14 +399,14 @@ def pipeline(phantoms, tmp_path_factory) -> dict:
     base_overlay = _overlay(root / "base_tiny.json", TINY_BASE)
     common_args = ["--bundle-root", str(BUNDLE), "--dataset-dir", str(phantoms), "--partial-split"]
     out = root / "base"
-    assert common.refinement_data.main(["base-oof", *common_args, "--out", str(out), "--folds", "2", "--seeds", "0",
-                                 "--probabilities", "--overlay", str(base_overlay)]) == 0  # fmt: skip
+    assert common.base_predictions.main(["base-oof", *common_args, "--out", str(out), "--folds", "2", "--seeds", "0",
+                                         "--probabilities", "--overlay", str(base_overlay)]) == 0  # fmt: skip
     fold0_model = out / "base_models" / "seed0_fold0" / "models" / "base_model.pt"
-    assert common.refinement_data.main(["base-test", *common_args, "--out", str(out), "--base-ckpt", str(fold0_model),
-                                 "--overlay", str(base_overlay)]) == 0  # fmt: skip
+    assert common.base_predictions.main(["base-test", *common_args, "--out", str(out), "--base-ckpt", str(fold0_model),
+                                         "--overlay", str(base_overlay)]) == 0  # fmt: skip
     corrupted = root / "corrupted"
-    assert common.refinement_data.main(["corrupt-gt", "--dataset-dir", str(phantoms), "--out", str(corrupted),
-                                 "--copies", "1", "--partial-split"]) == 0  # fmt: skip
+    assert common.base_predictions.main(["corrupt-gt", "--dataset-dir", str(phantoms), "--out", str(corrupted),
+                                         "--copies", "1", "--partial-split"]) == 0  # fmt: skip
 
     models = root / "models"
     settings = {
@@ -541,10 +616,10 @@ def test_phantom_benchmark_paper_and_image_aware_refnet(tmp_path):
     )
     common_args = ["--bundle-root", str(BUNDLE), "--dataset-dir", str(data), "--partial-split"]
     out = tmp_path / "base"
-    assert common.refinement_data.main(["base-oof", *common_args, "--out", str(out), "--folds", "2", "--seeds", "0",
-                                        "--overlay", str(base_overlay)]) == 0  # fmt: skip
-    assert common.refinement_data.main(["base-test", *common_args, "--out", str(out),
-                                        "--overlay", str(base_overlay)]) == 0  # fmt: skip
+    assert common.base_predictions.main(["base-oof", *common_args, "--out", str(out), "--folds", "2", "--seeds", "0",
+                                         "--overlay", str(base_overlay)]) == 0  # fmt: skip
+    assert common.base_predictions.main(["base-test", *common_args, "--out", str(out),
+                                         "--overlay", str(base_overlay)]) == 0  # fmt: skip
 
     grid = load_grid(CONFIGS / "ablation.json")
     grid["base"] = {

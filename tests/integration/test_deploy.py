@@ -41,7 +41,7 @@ from tests.helpers import REPO_ROOT
 pytestmark = pytest.mark.integration
 
 DEPLOY_PYTHON = REPO_ROOT / ".venv-deploy" / "bin" / "python"
-DEPLOY_APP = REPO_ROOT / "tests" / "tests/integration/deploy_app.py"
+DEPLOY_APP = REPO_ROOT / "tests" / "integration" / "deploy_app.py"
 TIMEOUT_S = 300
 MIN_AGREEMENT = 0.99
 

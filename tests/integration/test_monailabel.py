@@ -142,9 +142,7 @@ def _save_random_weights(bundle_dir: Path) -> None:
 def _install_bundles(app_dir: Path, work: Path, phantom_root: Path) -> None:
     dist = work / "dist"
     paths = [str(REPO_ROOT / "bundles" / name) for name in BUNDLES]
-    subprocess.run(
-        [sys.executable, str(REPO_ROOT / "ci" / "package_bundle.py"), *paths, "--out", str(dist)], check=True
-    )
+    subprocess.run([sys.executable, "-m", "ci.package_bundle", *paths, "--out", str(dist)], cwd=REPO_ROOT, check=True)
     model_dir = app_dir / "model"
     model_dir.mkdir(exist_ok=True)
     for name in BUNDLES:
@@ -154,7 +152,7 @@ def _install_bundles(app_dir: Path, work: Path, phantom_root: Path) -> None:
         bundle_dir = model_dir / name
         spec = zoo.load_json(REPO_ROOT / "bundles" / name / "configs" / "demo.json")
         # Small networks for 2 CPU cores. The demo's datalist is not MONAI Label's business, and the demo skips
-        # RefNet's base model weights, which MONAI Label must load (common.refinement_inferer.load_weights).
+        # RefNet's base model weights, which MONAI Label must load (common.inferers.refinement.load_weights).
         overlay = {k: v for k, v in spec.get("inference", {}).items() if k not in ("datalist", "load_base_model")}
         if name == "cohra_unet_brats":
             # 8 windows instead of 27 over the 64 x 64 x 48 phantom: this network is the slowest of the four on CPU.

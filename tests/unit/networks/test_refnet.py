@@ -19,6 +19,7 @@ from common.transforms.refinement import (
     RandDropSlicesd,
     RandLabelErosionDilationd,
     RandLabelSwapd,
+    RefNetInputd,
 )
 
 NUM_CLASSES = 13
@@ -235,6 +236,70 @@ def test_add_neighbouring_slices_keeps_metatensor_meta_and_supports_other_axes()
     assert torch.equal(along_h[2, :-1], image[0, 1:]) and torch.equal(along_h[2, -1], image[0, -1])
     unchanged = AddNeighbouringSlicesd("image", num_neighbours=0)({"image": image})["image"]
     assert torch.equal(unchanged, image)
+
+
+def refnet_input_case(seed: int = 0) -> dict:
+    """A base label map, base probabilities and a CT, ``(C, 8, 8, 5)`` MetaTensors with one affine."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "base": MetaTensor(torch.randint(0, NUM_CLASSES, (1, 8, 8, 5), generator=generator).float(), affine=AFFINE),
+        "base_probabilities": MetaTensor(torch.rand(NUM_CLASSES, 8, 8, 5, generator=generator), affine=AFFINE),
+        "image": MetaTensor(torch.rand(1, 8, 8, 5, generator=generator), affine=AFFINE),
+    }
+
+
+def test_refnet_input_is_the_one_hot_base_labels_then_the_ct_stack():
+    case = refnet_input_case()
+    transform = RefNetInputd(use_image=True, num_neighbours=1)
+    x = transform(case)["image"]
+    assert isinstance(x, MetaTensor) and x.shape == (NUM_CLASSES + 3, 8, 8, 5) and x.dtype == torch.float32
+    assert transform.image_channels == 3, "RefNet's image_channels"
+    torch.testing.assert_close(x[:NUM_CLASSES].argmax(0).float(), case["base"][0].as_tensor())
+    assert set(x[:NUM_CLASSES].unique().tolist()) == {0.0, 1.0} and bool((x[:NUM_CLASSES].sum(0) == 1).all())
+    assert torch.equal(x[NUM_CLASSES + 1], case["image"][0])  # the centre slice between its two neighbours
+    assert torch.equal(x[NUM_CLASSES, ..., 1:], case["image"][0, ..., :-1])
+    torch.testing.assert_close(x.affine, AFFINE)
+    assert torch.equal(transform(case)["base"], case["base"]), "the label map stays, e.g. for the loss"
+    label_only = RefNetInputd()(case)["image"]
+    assert label_only.shape == (NUM_CLASSES, 8, 8, 5) and RefNetInputd().image_channels == 0
+
+
+def test_refnet_input_of_probabilities_passes_them_through_as_a_copy():
+    case = refnet_input_case()
+    x = RefNetInputd("probabilities", use_image=True)(case)["image"]
+    assert x.shape == (NUM_CLASSES + 1, 8, 8, 5)
+    assert torch.equal(x[:NUM_CLASSES], case["base_probabilities"]) and torch.equal(x[NUM_CLASSES], case["image"][0])
+    alone = RefNetInputd("probabilities")(case)["image"]
+    assert torch.equal(alone, case["base_probabilities"]) and alone is not case["base_probabilities"]
+
+
+@pytest.mark.parametrize(("base_input", "num_neighbours"), [("labels", 0), ("labels", 2), ("probabilities", 1)])
+def test_refnet_input_steps_apart_give_every_slice_what_the_volume_gets(base_input, num_neighbours):
+    """Training stacks the neighbours on the volume, samples axial slices, then assembles each slice."""
+    case = refnet_input_case(seed=1)
+    transform = RefNetInputd(base_input, use_image=True, num_neighbours=num_neighbours)
+    volume = transform(case)["image"]
+    stacked = transform.neighbours(case)
+    assert stacked["image"].shape[0] == 2 * num_neighbours + 1 and "base" in stacked
+    for depth in range(5):
+        one_slice = {key: value[..., depth] for key, value in stacked.items()}
+        assert torch.equal(transform.assemble(one_slice)["image"], volume[..., depth])
+
+
+def test_refnet_input_rejects_bad_settings_and_inputs():
+    for kwargs, match in [
+        ({"base_input": "logits"}, "base_input must be one of"),
+        ({"num_classes": 1}, "num_classes must be at least 2"),
+        ({"num_neighbours": -1}, "num_neighbours must be >= 0"),
+        ({"steps": ["sample"]}, "steps must be taken from"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            RefNetInputd(**kwargs)
+    case = refnet_input_case()
+    with pytest.raises(ValueError, match=r"holds 1 channels; expected the CT and 1 neighbouring.*'neighbours' step"):
+        RefNetInputd(use_image=True, num_neighbours=1).assemble(case)
+    with pytest.raises(ValueError, match="holds 13 channels; expected the probabilities of the 4 classes"):
+        RefNetInputd("probabilities", num_classes=4)(case)
 
 
 CORRUPTIONS = {
