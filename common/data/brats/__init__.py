@@ -11,68 +11,9 @@
 Everything public is importable from here (``common.data.brats.X``), which is how configs name it.
 """
 
-from .reader import (
-    BRATS_2021,
-    BRATS_2023,
-    BRATS_CONVENTIONS,
-    DEFAULT_MODALITIES,
-    DEFAULT_TEST_FRACTION,
-    BratsConvention,
-    BratsDataError,
-    BratsFileNotFoundError,
-    brats_datalist,
-    case_name_formatter,
-    convention_for_et_label,
-    detect_convention,
-    inference_convention,
-    load_fold,
-    make_folds,
-    read_split,
-    split_convention,
-    write_split_file,
-)
-from .transforms import (
-    LABEL_CONVENTIONS,
-    BratsLabelError,
-    CheckBratsLabels,
-    CheckBratsLabelsd,
-    ConvertBratsLabels,
-    ConvertBratsLabelsd,
-    RegionsToBratsLabels,
-    RegionsToBratsLabelsd,
-    check_brats_labels,
-    convert_brats_labels,
-    regions_to_brats_labels,
-)
+from . import reader, transforms
+from .reader import *  # noqa: F403
+from .transforms import *  # noqa: F403
 
-__all__ = [
-    "BRATS_2021",
-    "BRATS_2023",
-    "BRATS_CONVENTIONS",
-    "DEFAULT_MODALITIES",
-    "DEFAULT_TEST_FRACTION",
-    "LABEL_CONVENTIONS",
-    "BratsConvention",
-    "BratsDataError",
-    "BratsFileNotFoundError",
-    "BratsLabelError",
-    "CheckBratsLabels",
-    "CheckBratsLabelsd",
-    "ConvertBratsLabels",
-    "ConvertBratsLabelsd",
-    "RegionsToBratsLabels",
-    "RegionsToBratsLabelsd",
-    "brats_datalist",
-    "case_name_formatter",
-    "check_brats_labels",
-    "convert_brats_labels",
-    "convention_for_et_label",
-    "detect_convention",
-    "inference_convention",
-    "load_fold",
-    "make_folds",
-    "read_split",
-    "regions_to_brats_labels",
-    "split_convention",
-    "write_split_file",
-]
+# what the modules export, and nothing else: one list of public names per module
+__all__ = [*reader.__all__, *transforms.__all__]

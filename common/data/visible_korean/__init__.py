@@ -14,60 +14,10 @@ Everything public is importable from here (``common.data.visible_korean.X``), wh
 Importing this package loads neither MONAI nor the phantom generator.
 """
 
-from .preparation import prepare
-from .reader import (
-    COLOUR_TABLE_COLUMNS,
-    COLOUR_TABLE_NAME,
-    DATALIST_NAME,
-    GROUPS,
-    ColourTableEntry,
-    SlicePaths,
-    VKDataError,
-    VKFileNotFoundError,
-    image_datalist,
-    list_slices,
-    load_datalist,
-    read_colour_table,
-    read_pair,
-    read_rgb_png,
-    split_slices,
-)
-from .transforms import (
-    GROUP_LABELS,
-    UNKNOWN_COLOUR_POLICIES,
-    VK_LABELS,
-    ColourCoding,
-    UnknownColoursError,
-    format_colour_counts,
-    preprocessing_config,
-    segmentation_to_labels,
-    vk_preprocessing,
-)
+from . import preparation, reader, transforms
+from .preparation import *  # noqa: F403
+from .reader import *  # noqa: F403
+from .transforms import *  # noqa: F403
 
-__all__ = [
-    "VK_LABELS",
-    "GROUPS",
-    "GROUP_LABELS",
-    "COLOUR_TABLE_NAME",
-    "COLOUR_TABLE_COLUMNS",
-    "DATALIST_NAME",
-    "UNKNOWN_COLOUR_POLICIES",
-    "VKDataError",
-    "VKFileNotFoundError",
-    "UnknownColoursError",
-    "ColourTableEntry",
-    "ColourCoding",
-    "SlicePaths",
-    "read_colour_table",
-    "segmentation_to_labels",
-    "format_colour_counts",
-    "read_rgb_png",
-    "read_pair",
-    "list_slices",
-    "split_slices",
-    "prepare",
-    "load_datalist",
-    "image_datalist",
-    "preprocessing_config",
-    "vk_preprocessing",
-]
+# what the modules export, and nothing else: one list of public names per module
+__all__ = [*preparation.__all__, *reader.__all__, *transforms.__all__]
