@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import time
 
+import torch
 import torch.distributed as dist
 from monai.handlers import CheckpointSaver, MetricsSaver, StatsHandler, TensorBoardStatsHandler
 
-__all__ = ["handlers_for_this_rank", "leave_process_group"]
+__all__ = ["handlers_for_this_rank", "join_process_group", "leave_process_group"]
 
 # Handlers that log or write files: one rank does that for all.
 FIRST_RANK_ONLY = (CheckpointSaver, MetricsSaver, StatsHandler, TensorBoardStatsHandler)
+
+
+def join_process_group(device: torch.device) -> None:
+    """Join the default process group that ``torchrun`` describes (NCCL on GPUs, gloo on CPUs) and make ``device``
+    this rank's CUDA device: the first step of multi-GPU training. A no-op when the group already exists."""
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device)
 
 
 def handlers_for_this_rank(handlers: list) -> list:

@@ -47,3 +47,35 @@ def test_every_multi_gpu_training_ends_by_leaving_the_group(bundle):
     parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")])
     assert "$import common.distributed" in parser["initialize"], bundle.name
     assert parser["finalize"] == ["$common.distributed.leave_process_group()"], bundle.name
+
+
+def test_join_uses_gloo_on_cpu_and_keeps_an_existing_group(monkeypatch):
+    """The torchrun environment (env://) with one rank: gloo without CUDA, and joining twice is harmless."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: False)
+    try:
+        distributed.join_process_group("cpu")
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+        distributed.join_process_group("cpu")
+        assert dist.get_world_size() == 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_first_rank_keeps_every_handler_the_others_only_what_all_ranks_run(monkeypatch):
+    from monai.handlers import LrScheduleHandler, StatsHandler, ValidationHandler
+
+    handlers = [ValidationHandler(1, validator=None), StatsHandler(), LrScheduleHandler(None)]
+    assert distributed.handlers_for_this_rank(handlers) == handlers  # no process group: one rank does all
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    assert distributed.handlers_for_this_rank(handlers) == [handlers[0], handlers[2]]
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
+    assert distributed.handlers_for_this_rank(handlers) == handlers
