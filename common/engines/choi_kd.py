@@ -12,7 +12,9 @@ student on a limited set are trained **at the same time**; knowledge passes from
 they are made and in the bundle's README:
 
 - the backbone is the bundle's (:func:`common.networks.cohra_unet.mtcm_kd_backbone`), not nnU-Net, so the comparison
-  with MTCM-KD changes the method only; the teacher takes every image channel, the student one;
+  with MTCM-KD changes the method only; the teacher takes every image channel, the student the channels of its
+  modalities: T1ce alone against MTCM-KD (``configs/variant_choi2023.json``), FLAIR + T1ce as in the paper
+  (``configs/variant_choi2023_paper.json`` stacked on it);
 - the latent features are the bottleneck output (module ``bottleneck`` of the backbone, ``channels[-1]`` wide at
   1/2^depth resolution), every voxel a Barlow Twins sample (:class:`common.losses.distillation.BarlowTwinsLoss`);
 - the Barlow Twins term transfers teacher -> student: the teacher's features are detached in the student's loss
@@ -79,14 +81,16 @@ class ChoiLosses(NamedTuple):
 
 
 class ChoiKDTrainer(DistillationTrainer):
-    """Single-stage multimodal-teacher -> unimodal-student KD with Barlow Twins on latent features (Choi et al. 2023).
+    """Single-stage multimodal-teacher -> limited-modality-student KD with Barlow Twins on latent features (Choi et al.
+    2023).
 
     Each iteration, on a batch whose image stacks every modality as channels and whose label holds class indices
     ``(B, 1, *S)`` (``ConvertBratsLabelsd(target="index")``), with ``y_k`` the label resized by nearest-neighbour
     interpolation to deep-supervision head ``k``:
 
     - the **teacher** sees ``teacher_channels`` (all by default) and, in training mode, returns
-      ``[t, t_ds_1, t_ds_2, ...]``; the **student** sees ``student_channel`` and returns ``[s, s_ds_1, ...]``;
+      ``[t, t_ds_1, t_ds_2, ...]``; the **student** sees ``student_channel`` (one channel, or several in the order
+      given: FLAIR + T1ce in the paper) and returns ``[s, s_ds_1, ...]``;
       ``z_t``, ``z_s`` are the outputs of their submodule ``latent_module`` (:func:`forward_with_latent`);
     - ``L_T = L_seg(y, t) + sum_k w_k CE(t_ds_k, y_k)``
     - ``L_S = L_seg(y, s) + sum_k w_k CE(s_ds_k, y_k) + barlow_twins_weight * BT(z_s, sg(z_t))``,
@@ -102,11 +106,13 @@ class ChoiKDTrainer(DistillationTrainer):
         device: device of the batches (the networks must already be on it).
         max_epochs: epochs to train.
         train_data_loader: batches of ``{"image": (B, M, *S), "label": (B, 1, *S)}``.
-        network: the student, e.g. ``mtcm_kd_backbone(in_channels=1)``; returns ``[logits, ds_1/2, ...]`` in training.
+        network: the student, e.g. ``mtcm_kd_backbone(in_channels=len(student channels))``; returns
+            ``[logits, ds_1/2, ...]`` in training.
         optimizer: the student's optimizer; must hold no teacher parameter.
         teacher: the multimodal teacher, e.g. ``mtcm_kd_backbone(in_channels=4)``, same output form.
         teacher_optimizer: optimizer over every teacher parameter.
-        student_channel: index of the student's modality in the image channels.
+        student_channel: index of the student's modality in the image channels, or the indices of its modalities in
+            the order it reads them (the bundle passes ``student_channels``, from ``student_modalities``).
         teacher_channels: the teacher's image channels; None for all of them.
         seg_loss: ``L_seg(logits, labels)``; default :class:`common.losses.segmentation.DiceJaccardCELoss`.
         deep_supervision_weights: ``w_k`` of the CE on deep-supervision heads 1, 2, ... (0.5, 0.25: nnU-Net's
@@ -122,8 +128,9 @@ class ChoiKDTrainer(DistillationTrainer):
 
     Raises:
         ValueError: for shared parameters, a teacher parameter missing from ``teacher_optimizer``, an optimizer
-            holding the other network's parameters, negative weights; in an iteration, an image with too few
-            channels, a missing label or fewer deep-supervision heads than weights.
+            holding the other network's parameters, negative weights, a student whose ``in_channels`` is not the
+            number of student channels; in an iteration, an image with too few channels, a missing label or fewer
+            deep-supervision heads than weights.
     """
 
     def __init__(
@@ -135,7 +142,7 @@ class ChoiKDTrainer(DistillationTrainer):
         optimizer: Optimizer,
         teacher: nn.Module,
         teacher_optimizer: Optimizer,
-        student_channel: int,
+        student_channel: int | Sequence[int],
         teacher_channels: Sequence[int] | None = None,
         seg_loss: Callable | None = None,
         deep_supervision_weights: Sequence[float] = (0.5, 0.25),
@@ -197,7 +204,7 @@ class ChoiKDTrainer(DistillationTrainer):
         self.network.train()
         self.teacher.train()
         teacher_input = inputs if self.teacher_channels is None else inputs[:, self.teacher_channels]
-        student_input = self._channel(inputs, self.student_channel)
+        student_input = self._student_input(inputs)
         with self._autocast():
             teacher_out, teacher_latent = forward_with_latent(self.teacher, teacher_input, self.latent_module)
             student_out, student_latent = forward_with_latent(self.network, student_input, self.latent_module)

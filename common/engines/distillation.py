@@ -1,14 +1,14 @@
 """What the knowledge-distillation trainers share: a MONAI ``SupervisedTrainer`` for a student and its teachers.
 
 :class:`common.engines.mtcm_kd.MTCMKDTrainer` (MTCM-KD) and :class:`common.engines.choi_kd.ChoiKDTrainer` (Choi et
-al. 2023) train a unimodal student together with teachers, from batches that stack every modality as image
-channels. Both are a ``SupervisedTrainer`` whose ``network`` and ``optimizer`` are the student's, so MONAI's handlers
-(validation, checkpoints, stats, LR schedules) see an ordinary trainer and a bundle config builds it like one. What
-that takes beside each method's own iteration lives here, once: the pass-through of ``SupervisedTrainer``'s
-arguments, the image channels each network reads and the check of a batch against them, the check that the student
-and the teacher side keep their parameters and optimizers apart, autocast and the gradient scaler shared by both
-optimizers under ``amp``, the checkpoint items of the student, and :func:`unwrap`, which makes the checkpoints of
-single- and multi-GPU runs interchangeable.
+al. 2023) train a student on a limited set of modalities (MTCM-KD: one; Choi et al.: one or more) together with
+teachers, from batches that stack every modality as image channels. Both are a ``SupervisedTrainer`` whose
+``network`` and ``optimizer`` are the student's, so MONAI's handlers (validation, checkpoints, stats, LR schedules)
+see an ordinary trainer and a bundle config builds it like one. What that takes beside each method's own iteration
+lives here, once: the pass-through of ``SupervisedTrainer``'s arguments, the image channels each network reads and
+the check of a batch against them, the check that the student and the teacher side keep their parameters and
+optimizers apart, autocast and the gradient scaler shared by both optimizers under ``amp``, the checkpoint items of
+the student, and :func:`unwrap`, which makes the checkpoints of single- and multi-GPU runs interchangeable.
 """
 
 from __future__ import annotations
@@ -68,13 +68,18 @@ class DistillationTrainer(SupervisedTrainer):
     """A ``SupervisedTrainer`` for a student trained beside teachers; subclasses write ``_iteration``.
 
     ``network`` and ``optimizer`` are the student's, ``loss_function`` is ``seg_loss``. The student reads image
-    channel ``student_channel``, the teachers ``teacher_channels`` (their meaning is the subclass's; None or empty:
-    none beyond the student's). ``train_handlers`` are not registered here: a subclass registers them with
-    ``self._register_handlers`` at the end of its ``__init__``, after handlers of its own that must run first.
+    channel ``student_channel``, or the channels of a sequence of them in that order (:meth:`_student_input`), the
+    teachers ``teacher_channels`` (their meaning is the subclass's; None or empty: none beyond the student's).
+    ``train_handlers`` are not registered here: a subclass registers them with ``self._register_handlers`` at the end
+    of its ``__init__``, after handlers of its own that must run first.
 
     Args:
         device, max_epochs, train_data_loader, network, optimizer: as in :class:`monai.engines.SupervisedTrainer`.
-        student_channel: index of the student's modality in the image channels.
+        student_channel: index of the student's modality in the image channels, or the indices of its modalities in
+            the order the student reads them (a student on several modalities, as in Choi et al. 2023).
+            :attr:`student_channels` is always the list; :attr:`student_channel` is the one index when there is one
+            (``1`` and ``[1]`` make the same trainer), else the list. A subclass whose student reads one channel
+            (MTCM-KD) reads :attr:`student_channel`.
         teacher_channels: image channel indices the teachers read.
         seg_loss: ``L_seg(logits, labels)``; default :class:`common.losses.segmentation.DiceJaccardCELoss` (the lab's
             1/3 Dice + 1/3 Jaccard + 1/3 CE). Also the trainer's ``loss_function``.
@@ -83,6 +88,11 @@ class DistillationTrainer(SupervisedTrainer):
         :class:`monai.engines.SupervisedTrainer`. With ``amp`` one gradient scaler serves every optimizer: each
         backward is scaled (:meth:`_backward`), each optimizer steps through it (:meth:`_step`) and the scaler
         updates once per iteration (:meth:`_update_scaler`).
+
+    Raises:
+        ValueError: no student channel, or a student network whose ``in_channels`` is not the number of student
+            channels (a student on two modalities built with ``in_channels=1`` would otherwise fail only in its
+            first forward).
     """
 
     def __init__(
@@ -92,7 +102,7 @@ class DistillationTrainer(SupervisedTrainer):
         train_data_loader: Iterable | DataLoader,
         network: nn.Module,
         optimizer: Optimizer,
-        student_channel: int,
+        student_channel: int | Sequence[int],
         teacher_channels: Sequence[int] | None = None,
         seg_loss: Callable | None = None,
         epoch_length: int | None = None,
@@ -133,8 +143,27 @@ class DistillationTrainer(SupervisedTrainer):
             to_kwargs=to_kwargs,
             amp_kwargs=amp_kwargs,
         )
-        self.student_channel = int(student_channel)
+        channels = student_channel if isinstance(student_channel, Sequence) else [student_channel]
+        self.student_channels = [int(c) for c in channels]
+        self.student_channel: int | list[int] = (
+            self.student_channels[0] if len(self.student_channels) == 1 else self.student_channels
+        )
         self.teacher_channels = teacher_channels
+        self._check_student_channels()
+
+    def _check_student_channels(self) -> None:
+        """At least one student channel, and as many as the student network's ``in_channels`` where it says."""
+        name = type(self).__name__
+        if not self.student_channels:
+            raise ValueError(f"{name}: student_channel lists no channel; give an index or a non-empty list.")
+        in_channels = getattr(unwrap(self.network), "in_channels", None)
+        if isinstance(in_channels, int) and in_channels != len(self.student_channels):
+            raise ValueError(
+                f"{name}: the student network reads {in_channels} channel(s), but student_channel "
+                f"{self.student_channel} gives {len(self.student_channels)}. In the mtcm_kd_t1ce_student bundle both "
+                "follow student_modalities, and only the Choi et al. trainer takes several: stack "
+                "variant_choi2023.json before variant_choi2023_paper.json."
+            )
 
     def _check_separate(
         self,
@@ -200,7 +229,7 @@ class DistillationTrainer(SupervisedTrainer):
         name = type(self).__name__
         if targets is None:
             raise ValueError(f"{name}: the batch has no label; expected {{'image': ..., 'label': ...}}.")
-        needed = max([self.student_channel, *(self.teacher_channels or [])]) + 1
+        needed = max([*self.student_channels, *(self.teacher_channels or [])]) + 1
         if inputs.ndim < 3 or inputs.shape[1] < needed:
             raise ValueError(
                 f"{name}: image of shape {tuple(inputs.shape)} has too few channels; expected (B, M, *S) with "
@@ -211,6 +240,16 @@ class DistillationTrainer(SupervisedTrainer):
     def _channel(inputs: torch.Tensor, channel: int) -> torch.Tensor:
         """Image channel ``channel`` of a batch, ``(B, 1, *S)``."""
         return inputs[:, channel : channel + 1]
+
+    def _student_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        """What the student reads: image channels :attr:`student_channels` in their order, ``(B, len, *S)``.
+
+        One channel is the slice :meth:`_channel` takes (a view of the batch, as MTCM-KD's student reads it); several
+        are gathered in the order of :attr:`student_channels`, which need not be the order of the image channels.
+        """
+        if len(self.student_channels) == 1:
+            return self._channel(inputs, self.student_channels[0])
+        return inputs[:, self.student_channels]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp and self.scaler is not None:

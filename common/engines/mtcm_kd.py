@@ -33,6 +33,7 @@ from common.losses.distillation import KD_REDUCTIONS, PerformanceTeacherWeights,
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
 __all__ = [
+    "TEACHER_DICE",
     "MTCMKDTrainer",
     "TeacherStepOutput",
     "init_student_weights",
@@ -41,6 +42,9 @@ __all__ = [
     "teacher_state_attributes",
     "unwrap",
 ]
+
+#: How the teachers' whole-tumour Dice is computed: one 3D Dice per case, or the authors' per-slice mean.
+TEACHER_DICE = ("volume", "slices")
 
 # The teachers' fused features and the student's distilled deep-supervision head are the decoder level at 1/2
 # resolution (64 channels at 64^3 upstream): ``forward_features(x)[1][1]`` and ``student(x)[1]``.
@@ -71,7 +75,8 @@ class MTCMKDTrainer(DistillationTrainer):
        ``L_T = sum_i L_seg(y, t_i) + cooperative_weight * L_seg(y_1/2, c)``
 
        where ``y_1/2`` is the label resized to ``c``'s grid by nearest-neighbour interpolation. Each teacher's
-       hard-argmax whole-tumour Dice on the batch is added to :attr:`teacher_weights`.
+       hard-argmax whole-tumour Dice on the batch (``teacher_dice``: 3D, or the authors' per-slice mean) is added
+       to :attr:`teacher_weights`.
     2. **Student.** The student sees channel ``student_channel`` and, in training mode, returns
        ``[s, s_ds, ...]`` (logits and the 1/2-resolution deep-supervision head). One step of ``optimizer`` on
 
@@ -136,6 +141,9 @@ class MTCMKDTrainer(DistillationTrainer):
             a new ``PerformanceTeacherWeights(len(teachers), teacher_kd_weight, initial_teacher_weight)``, and None
             without teachers.
         tumor_classes: class indices forming the whole tumour for the teachers' Dice ((1, 2, 3)).
+        teacher_dice: how that Dice is computed: ``"volume"`` (one 3D Dice per case) or ``"slices"`` (the authors'
+            mean of 2D Dice over the slices along the first spatial axis, an empty slice scoring 1); see
+            :func:`common.losses.distillation.whole_tumor_dice`.
         train_handlers: as in :class:`monai.engines.SupervisedTrainer`, registered after the teacher-weight update.
         trainer_kwargs: the rest of :class:`~common.engines.distillation.DistillationTrainer`'s arguments, i.e. of
             :class:`monai.engines.SupervisedTrainer` (``epoch_length``, ``amp``, ``decollate``, ...);
@@ -173,11 +181,14 @@ class MTCMKDTrainer(DistillationTrainer):
         kd_start_epoch: int = 1,
         teacher_weights: PerformanceTeacherWeights | None = None,
         tumor_classes: Sequence[int] = (1, 2, 3),
+        teacher_dice: str = "volume",
         train_handlers: Sequence | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         teachers = list(teachers or [])
         teacher_channels = [int(c) for c in (teacher_channels or [])]
+        if teacher_dice not in TEACHER_DICE:
+            raise ValueError(f"MTCMKDTrainer: unknown teacher_dice {teacher_dice!r}; expected one of {TEACHER_DICE}.")
         self._check_configuration(
             teachers, teacher_channels, fusion, teacher_optimizer, use_kd, kd_reduction, temperature, kd_start_epoch,
             dict(
@@ -219,6 +230,7 @@ class MTCMKDTrainer(DistillationTrainer):
         self.kd_start_epoch = int(kd_start_epoch)
         self.teacher_weights = teacher_weights
         self.tumor_classes = tuple(int(c) for c in tumor_classes)
+        self.teacher_dice = teacher_dice
         # Handlers go on after the teacher-weight update, so that they see the weights for the next epoch.
         self._publish_teacher_weights(self)
         self.add_event_handler(Events.EPOCH_STARTED, self._publish_teacher_weights)
@@ -343,7 +355,8 @@ class MTCMKDTrainer(DistillationTrainer):
                 loss = loss + self.cooperative_weight * cooperative
         self._backward(loss)
         self._step(self.teacher_optimizer)
-        wt_dice = torch.stack([whole_tumor_dice(out, targets, self.tumor_classes) for out in logits])
+        per_slice = self.teacher_dice == "slices"
+        wt_dice = torch.stack([whole_tumor_dice(out, targets, self.tumor_classes, per_slice) for out in logits])
         self.teacher_weights.accumulate(wt_dice)
         return TeacherStepOutput(
             logits=[out.detach() for out in logits],

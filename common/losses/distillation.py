@@ -5,7 +5,8 @@ sections 1.4 and 1.8):
 
 - :func:`kd_loss`: KL divergence between temperature-softened class distributions, in the authors' reduction
   (``"batchmean"``, scaled by T) or the per-voxel mean scaled by T^2 (Hinton et al. 2015, ``"voxel_mean"``);
-- :func:`whole_tumor_dice`: the per-case hard-argmax whole-tumour Dice each teacher is scored by;
+- :func:`whole_tumor_dice`: the per-case hard-argmax whole-tumour Dice each teacher is scored by, 3D or the
+  authors' per-slice mean (``metrics/eval.py``);
 - :func:`performance_weights` and :class:`PerformanceTeacherWeights`: per-teacher KD weights proportional to the
   teachers' mean whole-tumour Dice over the previous epoch, with a resumable state.
 
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.metrics import compute_dice
 from torch.nn.modules.loss import _Loss
+
+from common.metrics.mtcm_kd import slice_dice
 
 __all__ = [
     "BARLOW_TWINS_SAMPLES",
@@ -99,19 +102,26 @@ def kd_loss(
 
 
 def whole_tumor_dice(
-    logits: torch.Tensor, labels: torch.Tensor, tumor_classes: Sequence[int] = (1, 2, 3)
+    logits: torch.Tensor, labels: torch.Tensor, tumor_classes: Sequence[int] = (1, 2, 3), per_slice: bool = False
 ) -> torch.Tensor:
-    """Per-case hard whole-tumour Dice of a softmax segmentation, as the MTCM-KD teachers are scored.
+    """Per-case hard whole-tumour Dice of a softmax segmentation: the score the MTCM-KD teachers are weighted by.
 
     The prediction is ``argmax(logits)`` in ``tumor_classes``; the truth is the label in ``tumor_classes`` (class
-    indices 1 NCR, 2 ED, 3 ET after ``ConvertBratsLabelsd(target="index")``). A case with no tumour in either scores 1
-    and no tumour in the truth only scores 0 (MONAI ``compute_dice(ignore_empty=False)``; the lab's
-    ``dice_coeff`` with its 1e-6 epsilon gives the same, up to that epsilon).
+    indices 1 NCR, 2 ED, 3 ET after ``ConvertBratsLabelsd(target="index")``), the authors' ``whole_tumor`` region.
+
+    - ``per_slice=False`` (corrected): one 3D Dice per case. A case with no tumour in either scores 1, no tumour in the
+      truth only 0 (MONAI ``compute_dice(ignore_empty=False)``).
+    - ``per_slice=True`` (faithful): the authors' score (``training.py`` ``calculate_wt_dice_for_teacher_models`` ->
+      ``metrics/eval.py`` ``multiclass_dice_coeff(...)["whole_tumor"]``), the 2D Dice of every slice along the first
+      spatial axis with epsilon 1e-6, a slice empty in both scoring 1, averaged over the slices
+      (:func:`common.metrics.mtcm_kd.slice_dice`). It is not the 3D Dice: empty slices raise it, missed tumour
+      slices lower it, so the two can rank teachers differently.
 
     Args:
         logits: ``(B, C, *spatial)``.
         labels: class indices ``(B, 1, *spatial)`` or a one-hot ``(B, C, *spatial)``.
         tumor_classes: class indices whose union is the whole tumour.
+        per_slice: the authors' per-slice Dice instead of the 3D one.
 
     Returns:
         ``(B,)`` Dice per case, no gradient.
@@ -134,6 +144,8 @@ def whole_tumor_dice(
     classes = torch.as_tensor(tuple(tumor_classes), device=logits.device)
     predicted = torch.isin(logits.argmax(dim=1, keepdim=True), classes).float()
     truth = torch.isin(index, classes).float()
+    if per_slice:
+        return slice_dice(predicted[:, 0], truth[:, 0])
     return compute_dice(predicted, truth, include_background=True, ignore_empty=False)[:, 0]
 
 

@@ -47,6 +47,8 @@ its deep-supervision heads stacked in one tensor ``(B, heads, C, *spatial)``, so
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
@@ -87,6 +89,16 @@ class DiceJaccardCELoss(_Loss):
     constants.) A consequence kept for fidelity: a class absent from both target and prediction of the whole batch
     scores Dice 0, not 1; set ``smooth_nr`` > 0 (e.g. 1e-5 with ``smooth_dr=1e-5``, MONAI's default) to score it 1.
 
+    Where the sums run (``reduction_dims``): by default over the batch and every voxel, one Dice and one Jaccard
+    per class (volumetric). The authors' ``combination_loss`` (RhineLT/mtcm-kd ``loss_functions/losses.py``
+    @0d44741) sums over ``dims = (0,) + tuple(range(2, true.ndimension()))`` of the ``(B, C, H, W, D)``
+    probabilities, where ``true`` is their ``(B, H, W, D)`` label: one dimension fewer than the probabilities, so
+    ``dims = (0, 2, 3)`` and the last spatial axis is never summed. Their Dice and Jaccard are therefore one term per
+    class and per slice along ``D``, then ``.mean()`` over all of them; a slice without the class in the truth has
+    ``I = 0`` and scores 0 (Dice and Jaccard), as a class absent from the whole batch does in the volumetric form.
+    ``reduction_dims=(0, 2, 3)`` reproduces that: I, S are summed over the given dimensions of the ``(B, C, *S)``
+    probability tensor and each Dice/Jaccard term is averaged over every dimension left (classes included).
+
     Args:
         sigmoid: region-based mode, see above. The target must then have the same shape as the input.
         include_background: include channel 0 in the Dice and Jaccard terms (the lab does); CE always uses all.
@@ -95,6 +107,9 @@ class DiceJaccardCELoss(_Loss):
         lambda_ce: weight of the (binary) cross entropy.
         smooth_nr: added to the Dice and Jaccard numerators (``2I`` and ``I``).
         smooth_dr: added to the Dice and Jaccard denominators (``S`` and ``S - I``).
+        reduction_dims: dimensions of the ``(B, C, *spatial)`` input summed into each Dice and Jaccard term, the
+            others averaged; must include 0 (the batch) and not 1 (the classes). None (default): 0 and every spatial
+            dimension, the volumetric form; ``(0, 2, 3)`` on 3D input: the authors' per-slice form, see above.
     """
 
     def __init__(
@@ -106,8 +121,20 @@ class DiceJaccardCELoss(_Loss):
         lambda_ce: float = 1.0 / 3.0,
         smooth_nr: float = 0.0,
         smooth_dr: float = 1e-7,
+        reduction_dims: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        if reduction_dims is not None:
+            reduction_dims = tuple(sorted({int(d) for d in reduction_dims}))
+            if 0 not in reduction_dims or 1 in reduction_dims or min(reduction_dims) < 0:
+                raise ValueError(
+                    f"reduction_dims must hold the batch dimension 0, not the class dimension 1, and no negative "
+                    f"index; got {list(reduction_dims)}."
+                )
+        self.reduction_dims = reduction_dims
+        self.include_background = include_background
+        self.smooth_nr = float(smooth_nr)
+        self.smooth_dr = float(smooth_dr)
         for name, value in (("lambda_dice", lambda_dice), ("lambda_jaccard", lambda_jaccard), ("lambda_ce", lambda_ce)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
@@ -180,6 +207,22 @@ class DiceJaccardCELoss(_Loss):
             probs = torch.softmax(input, dim=1)
             ce = F.cross_entropy(input, index)
 
-        dice = self.dice(probs, truth)
-        jaccard = self.jaccard(probs, truth)
+        if self.reduction_dims is None:
+            dice = self.dice(probs, truth)
+            jaccard = self.jaccard(probs, truth)
+        else:
+            dice, jaccard = self._partial_sum_terms(probs, truth)
         return self.lambda_dice * dice + self.lambda_jaccard * jaccard + self.lambda_ce * ce
+
+    def _partial_sum_terms(self, probs: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``1 - Dice`` and ``1 - Jaccard`` with the sums over ``reduction_dims`` only, averaged over the rest."""
+        dims = self.reduction_dims
+        if max(dims) >= probs.ndim:
+            raise ValueError(f"reduction_dims {list(dims)} do not fit an input of {probs.ndim} dimensions.")
+        if not self.include_background:
+            probs, truth = probs[:, 1:], truth[:, 1:]
+        intersection = torch.sum(probs * truth, dim=dims)
+        cardinality = torch.sum(probs + truth, dim=dims)
+        dice = (2.0 * intersection + self.smooth_nr) / (cardinality + self.smooth_dr)
+        jaccard = (intersection + self.smooth_nr) / (cardinality - intersection + self.smooth_dr)
+        return 1.0 - dice.mean(), 1.0 - jaccard.mean()

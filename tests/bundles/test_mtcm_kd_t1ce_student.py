@@ -1,4 +1,5 @@
-"""mtcm_kd_t1ce_student: both protocols, the variants, resume, inference on a lone T1ce file, the exported student.
+"""mtcm_kd_t1ce_student: both protocols, the variants, Choi et al. 2023 on FLAIR + T1ce, resume, inference on a lone
+T1ce file, the exported student.
 
 Tiny sizes: six 48x48x32 phantoms (three folds: four training and two validation cases), 32^3 patches or a 32^3
 whole-volume grid (faithful), widths 4-8-16-32 for the student, the teachers and the fusion module alike (one
@@ -23,11 +24,15 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export
+from monai.metrics import DiceMetric
+from monai.transforms import LoadImage, NormalizeIntensity
 
 from ci import demo, zoo
 from common.data.brats import BratsDataError, BratsFileNotFoundError, read_split, write_split_file
 from common.engines.choi_kd import ChoiKDTrainer
+from common.engines.distillation import plain
 from common.engines.mtcm_kd import MTCMKDTrainer, init_student_weights, unwrap
+from common.metrics.mtcm_kd import SliceDiceMetric, mtcm_kd_slice_dice
 from common.networks.cohra_unet import mtcm_kd_backbone
 from common.networks.mtcm_kd import TeacherFeatures
 from common.synthetic.brats import generate_brats
@@ -38,6 +43,8 @@ CONFIGS = BUNDLE / "configs"
 CHANNELS = [4, 8, 16, 32]
 TINY = {"roi_size": [32, 32, 32], "channels": CHANNELS, "num_workers": 0}
 VARIANTS = ("t1_student", "no_kd", "no_cdsfl", "choi2023")
+CHOI_PAPER = ["variant_choi2023.json", "variant_choi2023_paper.json"]  # the paper's FLAIR + T1ce student
+FLAIR, T1CE = 3, 1  # channels of train.json's modalities (T1, T1ce, T2, FLAIR)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -154,7 +161,15 @@ def test_faithful_protocol_trains_with_monai_bundle_run_training_and_evaluates_o
     last = evaluation.parser.get_parsed_content("validate#evaluator").state.output[0]
     assert tuple(last["label"].shape) == (3, 32, 32, 32)  # the authors' whole-volume grid
     metrics = json.loads((Path(overrides["output_dir"]) / "metrics_summary.json").read_text())["metrics"]
-    assert set(metrics) == {"val_mean_dice", "val_dice_tc", "val_dice_wt", "val_dice_et"}  # Dice only, as upstream
+    # Dice only, the authors' per-slice definition with their regions, as upstream logs it
+    assert set(metrics) == {f"val_slice_dice_{r}" for r in ("mean", "tc", "wt", "et", "ncr", "ed")}
+    pred, label = last["pred"][None], last["label"][None]
+    scores = mtcm_kd_slice_dice(pred, label)
+    assert float(scores["mean"]) == pytest.approx(
+        (float(scores["N-NE"]) + float(scores["ED"]) + float(scores["ET"])) / 3
+    )
+    details = (Path(overrides["output_dir"]) / "val_slice_dice_wt_raw.csv").read_text().splitlines()
+    assert float(details[-1].split(",")[1]) == pytest.approx(float(scores["whole_tumor"]), abs=1e-6)  # the last case
 
 
 @pytest.mark.parametrize(
@@ -199,9 +214,8 @@ def test_faithful_overlay_stacks_last_on_every_config_stack(stack):
             1,
             False,
         ]
-        assert authors.get_parsed_content("kd_reduction") == "batchmean" and not authors.get_parsed_content(
-            "ignore_empty"
-        )
+        assert authors.get_parsed_content("kd_reduction") == "batchmean"
+        assert authors.get_parsed_content("teacher_dice") == "slices"
     if "inference.json" in stack:  # the prediction goes back to the input's grid only from the authors' one
         assert authors.get_parsed_content("invert_grid") and not corrected.get_parsed_content("invert_grid")
     if "evaluate.json" in stack:
@@ -210,6 +224,41 @@ def test_faithful_overlay_stacks_last_on_every_config_stack(stack):
             authors.get_parsed_content("eval_split") == "validation"
             and authors.get_parsed_content("extra_metrics") == {}
         )
+
+
+def test_faithful_overlay_resolves_the_authors_loss_teacher_dice_and_slice_dice_metrics():
+    """train.json alone: volumetric loss, 3D teacher Dice, MONAI Dice metrics; + faithful.json: the authors' loss
+    reduction, per-slice teacher Dice and per-slice Dice metrics (also under evaluate.json)."""
+
+    def parsed(configs: list[str]) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / c) for c in configs])
+        parser["bundle_root"] = str(BUNDLE)
+        return parser
+
+    def metric_fns(parser: ConfigParser, key: str) -> dict:
+        return {name: handler.metric_fn for name, handler in parser.get_parsed_content(key).items()}
+
+    corrected, authors = parsed(["train.json"]), parsed(["train.json", "faithful.json"])
+    assert corrected.get_parsed_content("seg_loss").reduction_dims is None
+    assert authors.get_parsed_content("seg_loss").reduction_dims == (0, 2, 3)
+    assert corrected.config["train"]["trainer"]["teacher_dice"] == "@teacher_dice"
+    assert corrected.get_parsed_content("teacher_dice") == "volume"
+    assert authors.get_parsed_content("teacher_dice") == "slices"
+
+    key, dice = metric_fns(corrected, "validate#key_metric"), metric_fns(corrected, "validate#dice_metrics")
+    assert list(key) == ["val_mean_dice"] and list(dice) == ["val_dice_tc", "val_dice_wt", "val_dice_et"]
+    assert all(type(m) is DiceMetric for m in [*key.values(), *dice.values()])
+
+    key, dice = metric_fns(authors, "validate#key_metric"), metric_fns(authors, "validate#dice_metrics")
+    assert {name: m.regions for name, m in key.items()} == {"val_slice_dice_mean": ("mean",)}
+    assert {name: m.regions for name, m in dice.items()} == {
+        "val_slice_dice_tc": ("tumor_core",), "val_slice_dice_wt": ("whole_tumor",), "val_slice_dice_et": ("ET",),
+        "val_slice_dice_ncr": ("N-NE",), "val_slice_dice_ed": ("ED",),
+    }  # fmt: skip
+    assert all(isinstance(m, SliceDiceMetric) for m in [*key.values(), *dice.values()])
+    evaluation = parsed(["train.json", "evaluate.json", "faithful.json"])
+    assert set(metric_fns(evaluation, "validate#additional_metrics")) == set(dice)
 
 
 # ---- resume -----------------------------------------------------------------------------------------------------
@@ -289,9 +338,13 @@ def test_variant_overlay_trains_one_epoch(data, variant):
         assert set(saved) == base | teachers
     else:
         assert isinstance(trainer, ChoiKDTrainer) and trainer.teacher_channels == [0, 1, 2, 3]
+        assert trainer.student_channel == T1CE and trainer.student_channels == [T1CE]  # the T1ce student of MTCM-KD
         assert set(saved) == base | {"teacher_0", "teacher_optimizer"}
         assert saved["teacher_0"]["stem.0.conv_block.0.weight"].shape[1] == 4  # the multimodal teacher
     assert saved["network"]["stem.0.conv_block.0.weight"].shape[1] == 1  # always a one-channel student
+    paths = workflow.parser.get_parsed_content("fold_items")[1][0]["image"]
+    picked = workflow.parser.get_parsed_content("validate#student_file")({"image": paths})["image"]
+    assert picked == paths[trainer.student_channel]  # validation loads the one file, a path as before
 
 
 def test_ablation_method_settings_are_the_variant_overlays():
@@ -301,6 +354,111 @@ def test_ablation_method_settings_are_the_variant_overlays():
     for name in ("no_kd", "no_cdsfl", "choi2023"):
         overlay = json.loads((CONFIGS / f"variant_{name}.json").read_text())
         assert settings_[name] == {k: v for k, v in overlay.items() if k not in ("_desc_", "ckpt_dir", "output_dir")}
+
+
+# ---- Choi et al. 2023 as published: the student on FLAIR + T1ce -------------------------------------------------
+
+
+def test_choi2023_paper_overlay_gives_a_flair_t1ce_student_and_feeds_it_those_channels_in_that_order(data):
+    overrides = {"bundle_root": str(BUNDLE), **TINY, **settings(data, "choi_paper_resolve")}
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in ["train.json", *CHOI_PAPER]])
+    parser.update(overrides)
+    assert parser.get_parsed_content("student_modalities") == ["flair", "t1ce"]
+    trainer = parser.get_parsed_content("train#trainer")
+    assert isinstance(trainer, ChoiKDTrainer) and trainer.student_channels == [FLAIR, T1CE]
+    assert trainer.network.in_channels == 2 and trainer.teacher.in_channels == 4
+
+    # training: what reaches the student's forward is the batch's FLAIR channel, then its T1ce channel
+    seen: list[torch.Tensor] = []
+    trainer.network.register_forward_pre_hook(lambda module, args: seen.append(plain(args[0]).detach().clone()))
+    batch = next(iter(parser.get_parsed_content("train#dataloader")))
+    trainer._iteration(trainer, batch)
+    image = plain(batch["image"])
+    assert len(seen) == 1 and seen[0].shape[1] == 2
+    torch.testing.assert_close(seen[0], image[:, [FLAIR, T1CE]])
+    assert not torch.equal(seen[0], image[:, [T1CE, FLAIR]])
+
+    # validation and evaluation: the student's two files of each case, stacked in the same order
+    item = parser.get_parsed_content("fold_items")[1][0]
+    loaded = parser.get_parsed_content("validate#preprocessing")(dict(item))["image"]
+    assert loaded.shape == (2, 48, 48, 32)
+    for channel, path in enumerate([item["image"][FLAIR], item["image"][T1CE]]):
+        expected = NormalizeIntensity(nonzero=True, channel_wise=True)(LoadImage(ensure_channel_first=True)(path))
+        torch.testing.assert_close(plain(loaded[channel : channel + 1]), plain(expected))
+
+    # without variant_choi2023.json, MTCM-KD's trainer (one student channel) refuses the two-channel student
+    alone = ConfigParser()
+    alone.read_config([str(CONFIGS / c) for c in ["train.json", "variant_choi2023_paper.json"]])
+    alone.update(overrides)
+    with pytest.raises(RuntimeError) as raised:
+        alone.get_parsed_content("train#trainer")
+    causes = [raised.value]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    assert any("reads 2 channel(s)" in str(e) and "before variant_choi2023_paper.json" in str(e) for e in causes)
+
+    # the overlay keeps its own checkpoints and outputs, away from the T1ce-only Choi student's
+    own = ConfigParser()
+    own.read_config([str(CONFIGS / c) for c in ["train.json", *CHOI_PAPER]])
+    own["bundle_root"] = "."
+    assert own.get_parsed_content("ckpt_dir") == "./models/choi2023_flair_t1ce"
+    assert own.get_parsed_content("output_dir") == "./eval/choi2023_flair_t1ce"
+
+
+@pytest.fixture(scope="module")
+def choi_paper(data, tmp_path_factory) -> dict:
+    """One epoch of train.json + variant_choi2023.json + variant_choi2023_paper.json through
+    ``python -m monai.bundle run training``, validating once (so the best student becomes model.pt)."""
+    overrides = settings(data, "choi_paper", epochs=1, val_interval=1)
+    overlay = tmp_path_factory.mktemp("choi_paper") / "overlay.json"
+    overlay.write_text(json.dumps({"bundle_root": str(BUNDLE), **TINY, **overrides, "train#trainer#epoch_length": 2}))
+    files = "[" + ",".join(f"'{CONFIGS / c}'" for c in ["train.json", *CHOI_PAPER]) + f",'{overlay}']"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(CONFIGS / "metadata.json")]
+    cmd += ["--config_file", files, "--logging_file", str(CONFIGS / "logging.conf")]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=single_thread_env(), capture_output=True, text=True)
+    return {"overrides": overrides, "result": result}
+
+
+def test_choi2023_paper_stack_trains_through_monai_bundle_run_and_writes_a_two_channel_student(choi_paper):
+    result, models = choi_paper["result"], Path(choi_paper["overrides"]["ckpt_dir"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ChoiKDTrainer - INFO - Epoch[1] Complete" in result.stdout
+    student = torch.load(models / "model.pt", weights_only=True)
+    assert student["stem.0.conv_block.0.weight"].shape[1] == 2  # FLAIR + T1ce
+    teachers = torch.load(models / "teachers.pt", weights_only=True)
+    assert set(teachers) == {"teacher_0", "teacher_optimizer"}
+    assert teachers["teacher_0"]["stem.0.conv_block.0.weight"].shape[1] == 4
+
+
+def test_choi2023_paper_student_is_scored_by_evaluate_json_and_runs_inference_on_two_files_per_case(
+    data, choi_paper, tmp_path
+):
+    assert choi_paper["result"].returncode == 0, choi_paper["result"].stderr[-3000:]
+    overrides = choi_paper["overrides"]
+    evaluation = run_workflow(["train.json", "evaluate.json", *CHOI_PAPER], overrides)
+    summary = json.loads((Path(overrides["output_dir"]) / "metrics_summary.json").read_text())
+    for region in ("tc", "wt", "et"):
+        assert math.isfinite(summary["metrics"][f"val_dice_{region}"])
+    last = evaluation.parser.get_parsed_content("validate#evaluator").state.output[0]
+    assert tuple(last["image"].shape) == (2, 48, 48, 32)
+
+    # inference.json: the paper overlay alone on it; a dataset folder lists each case's FLAIR and T1ce files
+    out = tmp_path / "out"
+    infer = {"dataset_dir": data["dataset_dir"], "ckpt_dir": overrides["ckpt_dir"], "output_dir": str(out)}
+    workflow = run_workflow(["inference.json", "variant_choi2023_paper.json"], infer, workflow_type="infer")
+    datalist = workflow.parser.get_parsed_content("datalist")
+    assert [Path(p).name.split("_")[-1] for p in datalist[0]["image"]] == ["flair.nii.gz", "t1ce.nii.gz"]
+    cases = sorted(p.name for p in Path(data["dataset_dir"]).iterdir() if p.is_dir())
+    assert sorted(p.name for p in out.iterdir()) == [f"{case}_seg.nii.gz" for case in cases]
+    prediction = nib.load(out / f"{cases[0]}_seg.nii.gz")
+    assert prediction.shape == (48, 48, 32)
+    assert set(np.unique(np.asarray(prediction.dataobj)).tolist()) <= {0, 1, 2, 4}
+
+    # a lone case: input_image lists its files, FLAIR then T1ce
+    lone = {**infer, "input_image": datalist[0]["image"], "output_dir": str(tmp_path / "lone")}
+    run_workflow(["inference.json", "variant_choi2023_paper.json"], lone, workflow_type="infer")
+    assert [p.name for p in (tmp_path / "lone").iterdir()] == [f"{cases[0]}_flair_seg.nii.gz"]
 
 
 # ---- inference and export ---------------------------------------------------------------------------------------

@@ -28,7 +28,10 @@ QUICK = {"epochs": 1, "val_interval": 1}
 
 def _key_metric(bundle: Path) -> str:
     train = zoo.load_json(bundle / "configs" / "train.json")
-    return next(iter(train["validate"]["key_metric"]))
+    key_metric = train["validate"]["key_metric"]
+    if isinstance(key_metric, str):  # a reference to a top-level id that an overlay can replace, "@val_key_metric"
+        key_metric = train[key_metric.removeprefix("@")]
+    return next(iter(key_metric))
 
 
 @pytest.mark.parametrize("bundle", BUNDLES_UNDER_TEST, ids=[b.name for b in BUNDLES_UNDER_TEST])

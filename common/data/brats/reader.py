@@ -284,20 +284,24 @@ _BRATS_2023_IMAGE_ENDINGS = tuple(
 
 
 def inference_convention(
-    dataset_dir: str | os.PathLike | None, input_image: str | os.PathLike | None = None
+    dataset_dir: str | os.PathLike | None,
+    input_image: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> BratsConvention:
     """The BraTS convention inference writes its label maps in: that of the data it reads.
 
     The one rule of both BraTS bundles' ``inference.json`` (``et_label``), in order:
 
-    - ``input_image`` given (a lone file; ``""`` or ``None`` is none): :data:`BRATS_2023` when it is named like a
-      BraTS 2023 image (``<case>-t1n``, ``-t1c``, ``-t2w`` or ``-t2f`` ``.nii[.gz]``), else :data:`BRATS_2021`;
+    - ``input_image`` given (a lone file, or the files of one case that ``LoadImaged`` stacks, of which the first
+      decides; ``""``, ``None`` or an empty list is none): :data:`BRATS_2023` when it is named like a BraTS 2023
+      image (``<case>-t1n``, ``-t1c``, ``-t2w`` or ``-t2f`` ``.nii[.gz]``), else :data:`BRATS_2021`;
     - ``dataset_dir`` is a folder: its convention (:func:`detect_convention`);
     - otherwise :data:`BRATS_2021`: MONAI Label and MONAI Deploy pass images but no dataset folder.
 
     Raises:
         BratsFileNotFoundError, BratsDataError: ``dataset_dir`` is a folder that :func:`detect_convention` rejects.
     """
+    if isinstance(input_image, (list, tuple)):
+        input_image = input_image[0] if input_image else None
     if input_image:
         return BRATS_2023 if os.fspath(input_image).endswith(_BRATS_2023_IMAGE_ENDINGS) else BRATS_2021
     if dataset_dir and os.path.isdir(dataset_dir):

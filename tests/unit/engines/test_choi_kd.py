@@ -1,4 +1,5 @@
-"""Choi et al. 2023 single-stage KD trainer: gradient routing, latent features, one epoch, bad configurations."""
+"""Choi et al. 2023 single-stage KD trainer: gradient routing, latent features, one epoch, students on one or several
+modalities, bad configurations."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ CHANNELS = (8, 16, 32, 64)  # three downsamplings: 16^3 inputs give a 2^3 x 64 b
 SIZE = 16
 MODALITIES = 4
 STUDENT_CHANNEL = 1
+FLAIR, T1CE = 3, 1  # the bundle's channel order: T1, T1ce, T2, FLAIR
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,9 +44,10 @@ def make_loader(cases: int = 2, seed: int = 0) -> DataLoader:
     return DataLoader(data, batch_size=2, shuffle=False)
 
 
-def make_trainer(seed: int = 0, **kwargs) -> ChoiKDTrainer:
+def make_trainer(seed: int = 0, student_channel: int | list[int] = STUDENT_CHANNEL, **kwargs) -> ChoiKDTrainer:
     torch.manual_seed(seed)
-    student = mtcm_kd_backbone(in_channels=1, channels=CHANNELS)
+    reads = len(student_channel) if isinstance(student_channel, list) else 1
+    student = mtcm_kd_backbone(in_channels=reads, channels=CHANNELS)
     teacher = mtcm_kd_backbone(in_channels=MODALITIES, channels=CHANNELS)
     return ChoiKDTrainer(
         device="cpu",
@@ -54,9 +57,16 @@ def make_trainer(seed: int = 0, **kwargs) -> ChoiKDTrainer:
         optimizer=torch.optim.Adam(student.parameters(), lr=1e-3),
         teacher=teacher,
         teacher_optimizer=torch.optim.Adam(teacher.parameters(), lr=1e-3),
-        student_channel=STUDENT_CHANNEL,
+        student_channel=student_channel,
         **kwargs,
     )
+
+
+def student_inputs(trainer: ChoiKDTrainer) -> list[torch.Tensor]:
+    """Every input the student network is called with from now on, as it reaches its ``forward``."""
+    seen: list[torch.Tensor] = []
+    trainer.network.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    return seen
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +143,35 @@ def test_one_epoch_trains_both_networks_and_publishes_the_terms() -> None:
     assert items["teacher_0"] is trainer.teacher and items["network"] is trainer.network
 
 
+def test_a_student_on_flair_and_t1ce_reads_those_channels_in_that_order() -> None:
+    """The paper's student: image channels FLAIR (3) then T1ce (1), not the image's own order (T1ce before FLAIR)."""
+    trainer = make_trainer(student_channel=[FLAIR, T1CE], decollate=False)
+    assert trainer.student_channels == [FLAIR, T1CE] and trainer.student_channel == [FLAIR, T1CE]
+    seen = student_inputs(trainer)
+    trainer.run()  # one iteration of the real loop: _iteration -> compute_losses -> the student's forward
+    image, _ = batch()
+    assert len(seen) == 1 and seen[0].shape == (2, 2, SIZE, SIZE, SIZE)
+    torch.testing.assert_close(seen[0][:, 0], image[:, FLAIR])
+    torch.testing.assert_close(seen[0][:, 1], image[:, T1CE])
+    assert not torch.equal(seen[0], image[:, [T1CE, FLAIR]])
+    assert trainer.state.output["pred"].shape == (2, 4, SIZE, SIZE, SIZE)
+    assert torch.isfinite(trainer.state.output["barlow_twins_loss"])
+
+
+def test_one_student_channel_as_an_index_or_a_list_is_the_same_trainer() -> None:
+    """``student_channel: [1]`` (the bundle's T1ce-only Choi variant) is ``student_channel: 1``: same attribute, same
+    input tensor, same losses."""
+    image, label = batch()
+    as_index, as_list = make_trainer(student_channel=T1CE), make_trainer(student_channel=[T1CE])
+    assert as_index.student_channel == as_list.student_channel == T1CE
+    assert as_index.student_channels == as_list.student_channels == [T1CE]
+    seen_index, seen_list = student_inputs(as_index), student_inputs(as_list)
+    index_losses, list_losses = as_index.compute_losses(image, label), as_list.compute_losses(image, label)
+    assert torch.equal(seen_index[0], seen_list[0]) and torch.equal(seen_index[0], image[:, T1CE : T1CE + 1])
+    for key, value in index_losses.terms.items():
+        assert torch.equal(value, list_losses.terms[key]), key
+
+
 def test_shares_the_distillation_base_and_not_the_mtcm_kd_module() -> None:
     assert issubclass(ChoiKDTrainer, DistillationTrainer)
     code = "import sys, common.engines.choi_kd; print('common.engines.mtcm_kd' in sys.modules)"
@@ -168,3 +207,17 @@ def test_bad_configurations_are_named() -> None:
     )
     with pytest.raises(ValueError, match="2 deep-supervision output"):
         trainer.run()
+    with pytest.raises(ValueError, match=r"student network reads 1 channel\(s\), but student_channel \[3, 1\] gives 2"):
+        ChoiKDTrainer(
+            optimizer=adam(student.parameters()),
+            teacher=teacher,
+            teacher_optimizer=adam(teacher.parameters()),
+            **{**common, "student_channel": [FLAIR, T1CE]},
+        )
+    with pytest.raises(ValueError, match="lists no channel"):
+        ChoiKDTrainer(
+            optimizer=adam(student.parameters()),
+            teacher=teacher,
+            teacher_optimizer=adam(teacher.parameters()),
+            **{**common, "student_channel": []},
+        )

@@ -9,8 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 from ignite.engine import Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.metrics import compute_dice
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 from torch.utils.data import DataLoader
 
 from common.engines.distillation import DistillationTrainer, unwrap
@@ -28,6 +31,7 @@ from common.losses.distillation import (
     whole_tumor_dice,
 )
 from common.losses.segmentation import DiceJaccardCELoss
+from common.metrics.mtcm_kd import MTCM_KD_REGIONS, SliceDiceMetric, brats_class_map, mtcm_kd_slice_dice, slice_dice
 from common.networks.blocks import CBAMChannelGate
 from common.networks.cohra_unet import mtcm_kd_backbone
 from common.networks.mtcm_kd import CooperativeFusion, TeacherFeatures, distributed, teacher_networks, to_device
@@ -264,6 +268,194 @@ def test_whole_tumor_dice_is_hard_and_per_case() -> None:
     assert whole_tumor_dice(logits, labels).tolist() == pytest.approx([0.5, 0.0, 1.0])
     with pytest.raises(ValueError, match="do not fit"):
         whole_tumor_dice(logits, labels[:, :, :1])
+
+
+# ---- the authors' per-slice Dice (faithful: teacher weights and validation) ---------------------------------------
+
+EPS = 1e-6  # dice_coeff's epsilon
+
+
+def authors_dice_coeff(input: torch.Tensor, target: torch.Tensor, epsilon: float = EPS) -> torch.Tensor:
+    """Transcribes RhineLT/mtcm-kd metrics/eval.py ``dice_coeff`` (reduce_batch_first=False): recurse over the leading
+    dimension down to 2D, then (2 I + eps) / (sum + eps) with sum := 2 I when both are empty."""
+    if input.dim() == 2:
+        inter = torch.dot(input.reshape(-1), target.reshape(-1))
+        sets_sum = torch.sum(input) + torch.sum(target)
+        if sets_sum.item() == 0:
+            sets_sum = 2 * inter
+        return (2 * inter + epsilon) / (sets_sum + epsilon)
+    return sum(authors_dice_coeff(input[i], target[i]) for i in range(input.shape[0])) / input.shape[0]
+
+
+def authors_multiclass_dice(preds: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Transcribes metrics/eval.py ``multiclass_dice_coeff``: ``preds`` (B, 4, H, W, D) scores, ``target`` (B, H, W, D)
+    class indices; one-vs-rest classes 1-3, whole tumour {1, 2, 3}, tumour core {1, 3}, mean of the three classes."""
+    onehot_target = F.one_hot(target, 4).permute(0, 4, 1, 2, 3).float()[:, 1:]
+    arg = preds.argmax(1)
+    onehot_pred = F.one_hot(arg, 4).permute(0, 4, 1, 2, 3).float()[:, 1:]
+    classes = [authors_dice_coeff(onehot_pred[:, c], onehot_target[:, c]) for c in range(3)]
+    wt_target = torch.any(onehot_target, dim=1, keepdim=True).float()
+    wt_pred = ((arg == 1) | (arg == 2) | (arg == 3)).float().unsqueeze(1)
+    tc_target = torch.any(onehot_target[:, 0:1] + onehot_target[:, 2:], dim=1, keepdim=True).float()
+    tc_pred = ((arg == 1) | (arg == 3)).float().unsqueeze(1)
+    return {
+        "mean": sum(classes) / 3, "N-NE": classes[0], "ED": classes[1], "ET": classes[2],
+        "whole_tumor": authors_dice_coeff(wt_pred, wt_target), "tumor_core": authors_dice_coeff(tc_pred, tc_target),
+    }  # fmt: skip
+
+
+def scores_of(index: torch.Tensor) -> torch.Tensor:
+    """Confident logits (B, 4, *S) whose argmax is the class map ``index`` (B, *S)."""
+    return F.one_hot(index.long(), 4).movedim(-1, 1).float() * 5.0
+
+
+def d(inter: int, total: int) -> float:
+    """The authors' 2D slice Dice by hand: total = |P| + |T|."""
+    return 1.0 if total == 0 else (2 * inter + EPS) / (total + EPS)
+
+
+def slices_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """A (1, 1, 3, 3, 2) label and the (1, 3, 2) class map of a prediction; slices along the first spatial axis:
+    label  h0 [[1, 1], [2, 0], [0, 0]]  h1 empty                    h2 [[3, 3], [1, 2], [0, 0]]
+    pred   h0 [[1, 2], [2, 0], [0, 0]]  h1 [[0, 0], [0, 0], [0, 3]]  h2 [[3, 0], [1, 2], [0, 0]]"""
+    label = torch.zeros(1, 1, 3, 3, 2)
+    label[0, 0, 0] = torch.tensor([[1.0, 1], [2, 0], [0, 0]])
+    label[0, 0, 2] = torch.tensor([[3.0, 3], [1, 2], [0, 0]])
+    pred = torch.zeros(1, 3, 3, 2, dtype=torch.long)
+    pred[0, 0] = torch.tensor([[1, 2], [2, 0], [0, 0]])
+    pred[0, 1, 2, 1] = 3
+    pred[0, 2] = torch.tensor([[3, 0], [1, 2], [0, 0]])
+    return label, pred
+
+
+def test_slice_dice_by_hand_with_the_empty_slice_rule() -> None:
+    label, pred = slices_case()
+    expected = {
+        "N-NE": (d(1, 3) + 1 + d(1, 2)) / 3,  # 8/9: h1 empty in both scores 1
+        "ED": (d(1, 3) + 1 + d(1, 2)) / 3,  # 8/9
+        "ET": (1 + d(0, 1) + d(1, 3)) / 3,  # 5/9: h0 empty in both, h1 a false positive only (~0)
+        "whole_tumor": (d(3, 6) + d(0, 1) + d(3, 7)) / 3,  # 13/21
+        "tumor_core": (d(1, 3) + d(0, 1) + d(2, 5)) / 3,  # 22/45
+    }
+    expected["mean"] = (expected["N-NE"] + expected["ED"] + expected["ET"]) / 3  # 7/9
+    rounded = {"mean": 7 / 9, "N-NE": 8 / 9, "ED": 8 / 9, "ET": 5 / 9, "whole_tumor": 13 / 21, "tumor_core": 22 / 45}
+    scores = mtcm_kd_slice_dice(scores_of(pred), label)
+    for region, value in expected.items():
+        assert scores[region].item() == pytest.approx(value, abs=1e-7), region
+        assert scores[region].item() == pytest.approx(rounded[region], abs=1e-5), region
+    # one slice empty in both is exactly 1; tumour in the truth only is eps / (n + eps), not 0
+    empty = torch.zeros(1, 1, 3, 2)
+    assert slice_dice(empty, empty).item() == 1.0
+    missed = empty.clone()
+    missed[0, 0, 0, 0] = missed[0, 0, 1, 1] = 1
+    assert slice_dice(empty, missed).item() == pytest.approx(EPS / (2 + EPS), rel=1e-6)
+    # MONAI's volumetric Dice of the same case differs: WT 12/14, TC 6/9, ET 2/4
+    regions = torch.stack([(label[:, 0] >= 1), (label[:, 0] == 1) | (label[:, 0] == 3), label[:, 0] == 3], 1)
+    pred_regions = torch.stack([(pred >= 1), (pred == 1) | (pred == 3), pred == 3], 1)
+    volumetric = compute_dice(pred_regions.float(), regions.float(), ignore_empty=False)[0].tolist()
+    assert volumetric == pytest.approx([12 / 14, 6 / 9, 2 / 4])
+
+
+def test_slice_dice_metric_reads_every_layout_and_reduces_over_cases() -> None:
+    label, pred = slices_case()
+    label_regions = ConvertToMultiChannelBasedOnBratsClasses(et_label=3)(label[0]).float()[None]  # TC, WT, ET
+    pred_regions = ConvertToMultiChannelBasedOnBratsClasses(et_label=3)(pred.float()).float()[None]
+    assert torch.equal(brats_class_map(label_regions), label[:, 0].long())  # the conversion is inverted exactly
+    for region, value in (("mean", 7 / 9), ("whole_tumor", 13 / 21), ("tumor_core", 22 / 45), ("ET", 5 / 9)):
+        for y_pred, y in ((scores_of(pred), label), (pred_regions, label_regions), (pred[:, None], label)):
+            metric = SliceDiceMetric(region=region)
+            metric(y_pred=y_pred, y=y)
+            assert metric.aggregate().item() == pytest.approx(value, abs=1e-5), region
+    # a decollated batch (lists of cases, as IgniteMetricHandler hands them over) and a second, perfect case:
+    # the metric is the mean over cases
+    metric = SliceDiceMetric(region="whole_tumor")
+    metric(y_pred=[pred_regions[0], label_regions[0]], y=[label_regions[0], label_regions[0]])
+    assert metric.aggregate().item() == pytest.approx((13 / 21 + 1) / 2, abs=1e-5)
+    both = SliceDiceMetric(region=("N-NE", "ET"), reduction="none")
+    both(y_pred=pred_regions, y=label_regions)
+    assert both.aggregate()[0].tolist() == pytest.approx([8 / 9, 5 / 9], abs=1e-5)
+    with pytest.raises(ValueError, match="expected some of"):
+        SliceDiceMetric(region="wt")
+    with pytest.raises(ValueError, match="expected 1 \\(class indices\\), 3"):
+        mtcm_kd_slice_dice(torch.zeros(1, 2, 3, 3, 2), label)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_slice_dice_matches_the_authors_multiclass_dice_coeff_on_random_tensors(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    shape = (3, 6, 5, 4)
+    label = torch.randint(1, 4, shape, generator=g) * (torch.rand(shape, generator=g) > 0.6)
+    label[0, :2] = 0  # slices without tumour in the truth
+    probs = torch.softmax(torch.randn(shape[0], 4, *shape[1:], generator=g) * 2, dim=1)
+    probs[:, 0] += 0.5 * (torch.rand(shape, generator=g) > 0.3)  # mostly background, some empty predicted slices
+    theirs = authors_multiclass_dice(probs, label)
+    ours = mtcm_kd_slice_dice(probs, label[:, None])
+    for region in MTCM_KD_REGIONS:
+        assert ours[region].mean().item() == pytest.approx(theirs[region].item(), abs=1e-6), region
+    # the teachers' score is their whole_tumor on softmax(logits), per case here
+    logits = torch.randn(shape[0], 4, *shape[1:], generator=g)
+    wt = whole_tumor_dice(logits, label[:, None].float(), per_slice=True)
+    assert wt.mean().item() == pytest.approx(
+        authors_multiclass_dice(logits.softmax(1), label)["whole_tumor"].item(), abs=1e-6
+    )
+    assert abs(whole_tumor_dice(logits, label[:, None].float()).mean().item() - wt.mean().item()) > 1e-3
+
+
+def teachers_case() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A (1, 1, 3, 3, 2) label with whole tumour in slices h0 (3 voxels) and h2 (1 voxel), h1 empty; teacher A finds
+    h0 exactly and adds one false positive in h1, teacher B finds only the h2 voxel, teacher C finds nothing."""
+    label = torch.zeros(1, 1, 3, 3, 2)
+    label[0, 0, 0] = torch.tensor([[1.0, 2], [3, 0], [0, 0]])
+    label[0, 0, 2, 2, 1] = 2
+    a = label[:, 0].clone().long()
+    a[0, 2] = 0
+    a[0, 1, 0, 0] = 1
+    b = torch.zeros_like(a)
+    b[0, 2, 2, 1] = 2
+    return label, [scores_of(a), scores_of(b), scores_of(torch.zeros_like(a))]
+
+
+def test_teacher_weights_from_the_authors_slice_dice_by_hand_rank_the_teachers_differently() -> None:
+    label, teachers = teachers_case()
+    slices = [whole_tumor_dice(t, label, per_slice=True).item() for t in teachers]
+    volume = [whole_tumor_dice(t, label).item() for t in teachers]
+    expected_slices = [(d(3, 6) + d(0, 1) + d(0, 1)) / 3, (d(0, 3) + 1 + d(1, 2)) / 3, (d(0, 3) + 1 + d(0, 1)) / 3]
+    assert slices == pytest.approx(expected_slices, abs=1e-7)
+    assert slices == pytest.approx([1 / 3, 2 / 3, 1 / 3], abs=1e-6)
+    assert volume == pytest.approx([6 / 8, 2 / 5, 0.0])  # 3D: A 2*3/(4+4), B 2*1/(4+1), C 0
+    # lambda = 0.15 split by score: per slice B leads, in 3D A does
+    assert performance_weights(slices) == pytest.approx([0.0375, 0.075, 0.0375], abs=1e-6)
+    assert performance_weights(volume) == pytest.approx([0.15 * 0.75 / 1.15, 0.15 * 0.4 / 1.15, 0.0], abs=1e-9)
+
+
+def test_teachers_that_miss_everything_keep_the_even_split() -> None:
+    label = torch.zeros(1, 1, 3, 3, 2)
+    label[0, 0, :, 0, 0] = 2  # tumour in every slice
+    blind = [scores_of(torch.zeros(1, 3, 3, 2, dtype=torch.long))] * 3
+    volume = [whole_tumor_dice(t, label).item() for t in blind]
+    slices = [whole_tumor_dice(t, label, per_slice=True).item() for t in blind]
+    assert volume == [0.0, 0.0, 0.0]  # upstream would divide by zero here
+    assert slices == pytest.approx([EPS / (1 + EPS)] * 3, rel=1e-6)  # eps / (1 + eps) per slice, never exactly 0
+    for scores in (volume, slices):
+        state = PerformanceTeacherWeights(num_teachers=3)
+        state.accumulate(scores)
+        assert state.update() == pytest.approx([0.05, 0.05, 0.05], abs=1e-12)
+
+
+def test_trainer_scores_teachers_with_the_chosen_dice() -> None:
+    batch = next(iter(make_loader()))
+    for teacher_dice in ("volume", "slices"):
+        trainer = make_trainer(teacher_dice=teacher_dice)
+        trainer.state.output = {}
+        out = trainer.teacher_step(batch["image"], batch["label"])
+        per_slice = teacher_dice == "slices"
+        expected = torch.stack([whole_tumor_dice(t, batch["label"], per_slice=per_slice) for t in out.logits])
+        torch.testing.assert_close(out.wt_dice, expected)
+        other = torch.stack([whole_tumor_dice(t, batch["label"], per_slice=not per_slice) for t in out.logits])
+        assert (out.wt_dice - other).abs().max() > 1e-3
+        assert trainer.teacher_weights.mean_dice() == pytest.approx(expected.mean(dim=1).tolist())
+    with pytest.raises(ValueError, match="unknown teacher_dice 'slice'"):
+        make_trainer(teacher_dice="slice")
 
 
 # ---- CDSFL fusion ----------------------------------------------------------------------------------------------

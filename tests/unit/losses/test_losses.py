@@ -163,3 +163,67 @@ def test_monai_region_loss_caveats() -> None:
     # squared_pred on MONAI's bool target crashes; the float cast avoids it
     with pytest.raises(RuntimeError, match="floating point"):
         DiceLoss(sigmoid=True, squared_pred=True)(x, target.bool())
+
+
+# ---- the MTCM-KD authors' reduction (faithful protocol) ---------------------------------------------------------
+
+
+def authors_combination_loss(true: torch.Tensor, logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Transcribes RhineLT/mtcm-kd loss_functions/losses.py ``combination_loss`` (C > 1, no class weights, w = 1/3):
+    ``true`` is their (B, H, W, D) label, one dimension fewer than the logits."""
+    true_1_hot = torch.eye(logits.shape[1])[true.squeeze(1)].permute(0, 4, 1, 2, 3).float().type(logits.type())
+    probas = F.softmax(logits, dim=1)
+    dims = (0,) + tuple(range(2, true.ndimension()))
+    intersection = torch.sum(probas * true_1_hot, dims)
+    cardinality = torch.sum(probas + true_1_hot, dims)
+    dice = (2.0 * intersection / (cardinality + eps)).mean()
+    jacc = (intersection / (cardinality - intersection + eps)).mean()
+    ce = F.cross_entropy(logits.float(), true.long(), ignore_index=255)
+    return (1 - dice) / 3 + (1 - jacc) / 3 + ce / 3
+
+
+def test_authors_reduction_by_hand_on_uniform_probabilities() -> None:
+    """Logits 0 give p = 1/4 everywhere; label (1, 3, 3, 2): depth slice 0 all background, slice 1 counts
+    (3, 2, 2, 2). Per (class c, depth slice z) with n voxels of c: I = n/4, S = 9/4 + n, so
+    Dice = (n/2) / (9/4 + n) and Jaccard = (n/4) / (9/4 + 3n/4); the 2 x 4 terms are averaged."""
+    label = torch.zeros(1, 1, 3, 3, 2)
+    label[0, 0, :, :, 1] = torch.tensor([[0, 0, 0], [1, 1, 2], [2, 3, 3]])
+    logits = torch.zeros(1, 4, 3, 3, 2)
+    # slice 0: n = 9 for background, 0 for the rest; slice 1: n = 3, 2, 2, 2
+    dice = (4.5 / 11.25 + 0 + 1.5 / 5.25 + 3 * (1.0 / 4.25)) / 8  # 0.173950
+    jaccard = (2.25 / 9.0 + 0 + 0.75 / 4.5 + 3 * (0.5 / 3.75)) / 8  # 0.102083
+    expected = (1 - dice) / 3 + (1 - jaccard) / 3 + np.log(4) / 3  # 1.036754
+    faithful = DiceJaccardCELoss(reduction_dims=(0, 2, 3))(logits, label).item()
+    assert faithful == pytest.approx(expected, abs=1e-6) and faithful == pytest.approx(1.036754, abs=1e-6)
+    # the volumetric (corrected) form on the same tensors: per class over all 18 voxels, n = 12, 2, 2, 2
+    volumetric = ((1 - (6 / 16.5 + 3 * (1 / 6.5)) / 4) + (1 - (3 / 13.5 + 3 * (0.5 / 6.0)) / 4) + np.log(4)) / 3
+    assert DiceJaccardCELoss()(logits, label).item() == pytest.approx(volumetric, abs=1e-6)
+    assert abs(faithful - volumetric) > 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_authors_reduction_matches_their_combination_loss_on_random_tensors(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 4, 5, 4, 3, generator=g) * 3
+    label = torch.randint(0, 4, (2, 5, 4, 3), generator=g)
+    label[:, :, :, 0] = 0  # a depth slice where classes 1-3 are absent from the truth
+    expected = authors_combination_loss(label, logits).item()
+    faithful = DiceJaccardCELoss(reduction_dims=(0, 2, 3))
+    assert faithful(logits, label[:, None].float()).item() == pytest.approx(expected, abs=1e-6)
+    assert faithful(logits, F.one_hot(label, 4).permute(0, 4, 1, 2, 3)).item() == pytest.approx(expected, abs=1e-6)
+    # the volumetric default is a different loss on the same tensors
+    assert abs(DiceJaccardCELoss()(logits, label[:, None]).item() - expected) > 1e-3
+    # explicit all-voxel dims give the default
+    every = DiceJaccardCELoss(reduction_dims=(0, 2, 3, 4))(logits, label[:, None]).item()
+    assert every == pytest.approx(DiceJaccardCELoss()(logits, label[:, None]).item(), abs=1e-6)
+    x = logits.clone().requires_grad_(True)
+    faithful(x, label[:, None]).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_reduction_dims_are_checked() -> None:
+    for dims in ((1, 2), (2, 3), (0, -1)):
+        with pytest.raises(ValueError, match="reduction_dims must hold the batch dimension 0"):
+            DiceJaccardCELoss(reduction_dims=dims)
+    with pytest.raises(ValueError, match="do not fit an input of 4 dimensions"):
+        DiceJaccardCELoss(reduction_dims=(0, 2, 4))(torch.randn(1, 2, 3, 3), torch.zeros(1, 1, 3, 3))
