@@ -2,7 +2,8 @@
 
     python -m common.ablation --bundle-root bundles/cohra_unet_brats \\
         --grid bundles/cohra_unet_brats/configs/ablation.json --out runs/cohra_ablation [--base overlay.json]
-        [--mode one_at_a_time|full] [--axes activation norm] [--dry-run]
+        [--mode one_at_a_time|full] [--axes activation norm] [--seeds 3] [--curves train_loss val_mean_dice]
+        [--figure-note "T1ce student; phantoms"] [--dry-run]
 
 A grid file (JSON or YAML) names axes and, for each, its settings as MONAI config overlays::
 
@@ -12,27 +13,58 @@ A grid file (JSON or YAML) names axes and, for each, its settings as MONAI confi
         "axes": {
             "activation": {"id": "network_def#act", "values": ["relu", "leakyrelu", "gelu"], "default": "leakyrelu"},
             "network": {"default": "cohra_unet", "settings": {
-                "cohra_unet": {}, "segresnet": {"network_def": "%configs/segresnet.json#network_def"}}}
+                "cohra_unet": {}, "segresnet": {"network_def": "%configs/segresnet.json#network_def"}}},
+            "protocol": {"default": "ours", "settings": {
+                "ours": {}, "faithful": "configs/faithful.json",
+                "faithful_short": ["configs/faithful.json", {"epochs": 5}]}}
         }
     }
 
 ``"id"`` + ``"values"`` is shorthand for one setting per value, named by the value, that sets that config id.
+A setting is an overlay object, the path of an overlay file relative to the bundle root (so a study names the
+bundle's own overlay files instead of copying their content), or a list of both, merged in order.
 ``"default"`` names the setting that equals the bundle's own configuration. In ``one_at_a_time`` mode (the
 thesis-style study: change one axis, keep the rest at the default) the runs are ``baseline`` plus every
 non-default setting of every axis; in ``full`` mode every combination runs.
 
-Each run lives in ``<out>/<run>/``: ``overlay.json`` (base + setting + the run's own ``ckpt_dir`` and
-``output_dir``), ``train.log``, ``evaluate.log``, ``models/``, ``eval/`` and ``result.json``. Training is
-``python -m monai.bundle run --config_file "[train.json, overlay.json]"`` and evaluation stacks
-``evaluate.json`` as well, both from the bundle root, exactly as a user runs them; config paths in overlays
-(``%configs/...``) are therefore relative to the bundle root. A run whose ``result.json`` records the same
-overlay and success is not repeated, so an interrupted study continues where it stopped. A failed run is
-recorded with its log and the study goes on; the command exits non-zero if any run failed.
+A run's overlay is merged from, in this order (top-level keys; a later one wins, and is moved after the others
+so that MONAI, which applies an overlay's keys in order, applies it last, e.g. ``network_def`` then
+``network_def#act``):
+
+1. the grid's ``base``;
+2. every ``--base`` file, in the order given;
+3. the run's setting: in ``full`` mode one per axis, in the grid's axis order; a list setting's files and
+   objects in list order;
+4. the run's own ids: ``seed`` (with ``--seeds`` above 1), ``bundle_root``, ``ckpt_dir`` and ``output_dir``.
+
+The overlay is stacked last on the bundle's ``train.json`` (and ``evaluate.json``), so it wins over them.
+
+Each run lives in ``<out>/<run>/``: ``overlay.json``, ``train.log``, ``evaluate.log``, ``models/``, ``eval/``
+and ``result.json``. Training is ``python -m monai.bundle run --config_file "[train.json, overlay.json]"`` and
+evaluation stacks ``evaluate.json`` as well, both from the bundle root, exactly as a user runs them; config paths
+in overlays (``%configs/...``) are therefore relative to the bundle root. A run whose ``result.json`` records the
+same overlay and success is not repeated, so an interrupted study continues where it stopped; a run trained again
+first loses the TensorBoard event files of its earlier attempt, so that its curves show one training. A failed
+run is recorded with its log and the study goes on; the command exits non-zero if any run failed.
 
 The results table (``<out>/results.csv`` and ``<out>/results.md``) has one row per run: axis, setting,
 parameter count, training and evaluation wall time, and every aggregated metric of the evaluation's
 ``metrics_summary.json`` (``common.metrics.write_metrics_summary``), printed by ``common.metrics.format_metric``: a
 metric with no finite case reads ``n/a (0 of N cases)``, never 0.
+
+Seeds (``--seeds N``, N > 1): every run of the grid is trained and evaluated once per seed ``0 .. N-1`` (the
+bundle's ``seed`` id, which ``train.json`` hands to ``monai.utils.set_determinism``; a bundle without it is
+refused before any run), seed after seed, so that an interrupted study has every arm at the first seeds. A
+run's folder is then ``<out>/<run>/seed<s>/``. ``runs.csv`` has one row per run and seed; ``results.csv`` and
+``results.md`` have one row per run (arm): every metric as the mean ± sample SD (``n - 1``) over the seeds that
+finished and had it, each seed's figure being its mean over the evaluated cases, printed as by
+:mod:`common.crossval` (:func:`format_mean_sd`), and ``n``, the seeds that finished. With one seed (the default)
+nothing of the above changes: the bundle's own ``seed``, the same folders and tables.
+
+Training curves (``--curves TAG ...``): for every TensorBoard scalar tag the bundle's ``train.json`` writes to
+its ``output_dir`` (``train_loss``, ``val_mean_dice``, state attributes such as ``teacher_weight_0``),
+``<out>/curves_<tag>.png`` and ``.csv``: one line per run, the mean over seeds with a ± SD band (see
+:mod:`common.curves`).
 """
 
 from __future__ import annotations
@@ -46,6 +78,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,11 +93,16 @@ __all__ = [
     "Run",
     "count_parameters",
     "expand_grid",
+    "format_mean_sd",
     "load_grid",
+    "mean_sd",
     "read_structured",
+    "resolve_setting",
     "results_table",
     "run_study",
     "scored_split",
+    "seed_results_table",
+    "with_seeds",
 ]
 
 MODES = ("one_at_a_time", "full")
@@ -73,11 +111,19 @@ BASELINE = "baseline"
 
 @dataclass
 class Run:
-    """One configuration of the study: a name, the setting chosen per varied axis, and its config overlay."""
+    """One configuration of the study: a name, the setting chosen per varied axis, and its config overlay.
+
+    ``seed``, when set, is the bundle's ``seed`` id for this run, which then lives in ``<out>/<name>/seed<seed>/``.
+    """
 
     name: str
     settings: dict[str, str]
     overlay: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.seed is None else f"{self.name} seed {self.seed}"
 
 
 def read_structured(path: Path) -> Any:
@@ -97,13 +143,47 @@ def _setting_name(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def load_grid(path: str | os.PathLike) -> dict[str, Any]:
+def _is_setting(value: Any) -> bool:
+    """An overlay object, an overlay file path, or a list of those."""
+    if isinstance(value, list):
+        return all(isinstance(part, (dict, str)) for part in value)
+    return isinstance(value, (dict, str))
+
+
+def resolve_setting(value: Any, bundle_root: str | os.PathLike, where: str = "setting") -> dict[str, Any]:
+    """The overlay a setting stands for: an object as is, a file (path relative to ``bundle_root``) by its content,
+    a list of both merged in order (top-level keys; a later one wins).
+
+    Raises:
+        ValueError: naming ``where`` and the file for a missing file or one that is not an object of overrides.
+    """
+    overlays = []
+    for part in value if isinstance(value, list) else [value]:
+        if isinstance(part, dict):
+            overlays.append(part)
+            continue
+        path = Path(bundle_root) / part
+        if not path.is_file():
+            raise ValueError(f"{where}: overlay file {part!r} not found in the bundle root {bundle_root}")
+        content = read_structured(path)
+        if not isinstance(content, dict):
+            raise ValueError(f"{where}: {path} is not an object of config overrides")
+        overlays.append(content)
+    return _merge(*overlays)
+
+
+def load_grid(path: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> dict[str, Any]:
     """Read and check a grid file; return ``{"base", "mode", "axes": {axis: {"settings": {...}, "default"}}}``.
+
+    Every setting comes back as one overlay object: settings that name overlay files are read relative to
+    ``bundle_root``, by default the bundle whose ``configs/`` folder holds the grid file.
 
     Raises:
         ValueError: naming the file and the axis for anything malformed.
     """
     path = Path(path)
+    if bundle_root is None and path.resolve().parent.name == "configs":
+        bundle_root = path.resolve().parent.parent
     grid = read_structured(path)
     if not isinstance(grid, dict) or not isinstance(grid.get("axes"), dict) or not grid["axes"]:
         raise ValueError(f"{path}: expected an object with a non-empty 'axes' object")
@@ -120,8 +200,18 @@ def load_grid(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"{where}: expected an object with 'settings' or 'id' + 'values'")
         if "settings" in spec:
             settings = spec["settings"]
-            if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
-                raise ValueError(f"{where}: 'settings' must map setting names to config overlay objects")
+            if not isinstance(settings, dict) or not all(_is_setting(v) for v in settings.values()):
+                raise ValueError(
+                    f"{where}: 'settings' must map setting names to config overlay objects, overlay file paths "
+                    "(relative to the bundle root) or lists of them"
+                )
+            named_files = [n for n, v in settings.items() if not isinstance(v, dict)]
+            if named_files and bundle_root is None:
+                raise ValueError(
+                    f"{where}: settings {named_files} name overlay files, read relative to the bundle root; "
+                    "give the bundle root"
+                )
+            settings = {n: resolve_setting(v, bundle_root, f"{where}, setting {n!r}") for n, v in settings.items()}
         elif "id" in spec and isinstance(spec.get("values"), list):
             settings = {_setting_name(v): {spec["id"]: v} for v in spec["values"]}
         else:
@@ -139,9 +229,13 @@ def load_grid(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _merge(*overlays: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level keys of the overlays, a later one winning and moving last: MONAI applies an overlay's keys in
+    order, so a later ``network_def`` must come after an earlier ``network_def#act`` to replace it."""
     merged: dict[str, Any] = {}
     for overlay in overlays:
-        merged.update(overlay)
+        for key, value in overlay.items():
+            merged.pop(key, None)
+            merged[key] = value
     return merged
 
 
@@ -166,6 +260,11 @@ def expand_grid(grid: Mapping[str, Any], axes: Sequence[str] | None = None) -> l
         name = ",".join(f"{a}={n}" for a, n in settings.items())
         runs.append(Run(name, settings, _merge(grid["base"], *overlays)))
     return runs
+
+
+def with_seeds(runs: Sequence[Run], seeds: Sequence[int]) -> list[Run]:
+    """Every run once per seed, seed-major: an interrupted study has every run at the first seeds."""
+    return [Run(r.name, r.settings, r.overlay, seed=s) for s in seeds for r in runs]
 
 
 def _run_dir_name(name: str) -> str:
@@ -213,6 +312,12 @@ def _describe(error: BaseException) -> str:
     return first_line(error) if root is error else f"{first_line(error)} ({first_line(root)})"
 
 
+def _remove_event_files(output_dir: Path) -> None:
+    """TensorBoard event files of an earlier attempt: the training that follows writes its own next to them."""
+    for events in output_dir.rglob("events.out.tfevents.*"):
+        events.unlink()
+
+
 def run_study(
     bundle_root: str | os.PathLike,
     runs: Sequence[Run],
@@ -221,33 +326,47 @@ def run_study(
     evaluate_configs: Sequence[str] = ("configs/train.json", "configs/evaluate.json"),
     log: Any = print,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate every run; return one result record per run (also written to ``<run>/result.json``)."""
+    """Train and evaluate every run; return one result record per run (also written to ``<run>/result.json``).
+
+    A run with a ``seed`` lives in ``<out>/<run>/seed<seed>/`` and its overlay sets the bundle's ``seed`` id.
+    """
     bundle_root = Path(bundle_root).resolve()
     out = Path(out).resolve()
     results = []
     for i, run in enumerate(runs, 1):
         run_dir = out / _run_dir_name(run.name)
-        overlay = _merge(
-            run.overlay,
-            {"bundle_root": str(bundle_root), "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "eval")},
-        )
+        own_ids: dict[str, Any] = {}
+        if run.seed is not None:
+            run_dir = run_dir / f"seed{run.seed}"
+            own_ids["seed"] = run.seed
+        own_ids |= {
+            "bundle_root": str(bundle_root),
+            "ckpt_dir": str(run_dir / "models"),
+            "output_dir": str(run_dir / "eval"),
+        }
+        overlay = _merge(run.overlay, own_ids)
         result_file = run_dir / "result.json"
         if result_file.is_file():
             previous = json.loads(result_file.read_text())
             if previous.get("status") == "ok" and previous.get("overlay") == overlay:
-                log(f"[{i}/{len(runs)}] {run.name}: done before, reusing {result_file}")
-                results.append(previous)
+                log(f"[{i}/{len(runs)}] {run.label}: done before, reusing {result_file}")
+                results.append({**previous, "run_dir": str(run_dir)})
                 continue
         run_dir.mkdir(parents=True, exist_ok=True)
+        if (run_dir / "eval").is_dir():
+            _remove_event_files(run_dir / "eval")
         atomic_write_json(run_dir / "overlay.json", overlay)
         record: dict[str, Any] = {"run": run.name, "settings": run.settings, "overlay": overlay}
-        log(f"[{i}/{len(runs)}] {run.name}: training ...")
+        if run.seed is not None:
+            record["seed"] = run.seed
+        record["run_dir"] = str(run_dir)
+        log(f"[{i}/{len(runs)}] {run.label}: training ...")
         try:
             stack = [bundle_root / c for c in train_configs] + [run_dir / "overlay.json"]
             record["parameters"] = count_parameters(stack, cwd=bundle_root)
             seconds = monai_bundle_run(stack, cwd=bundle_root, log_file=run_dir / "train.log")
             record["train_seconds"] = round(seconds, 1)
-            log(f"[{i}/{len(runs)}] {run.name}: evaluating ...")
+            log(f"[{i}/{len(runs)}] {run.label}: evaluating ...")
             stack = [bundle_root / c for c in evaluate_configs] + [run_dir / "overlay.json"]
             seconds = monai_bundle_run(stack, cwd=bundle_root, log_file=run_dir / "evaluate.log")
             record["eval_seconds"] = round(seconds, 1)
@@ -260,7 +379,7 @@ def run_study(
         except Exception as e:  # one failed configuration must not stop the study
             record["status"] = "failed"
             record["error"] = _describe(e)
-            log(f"[{i}/{len(runs)}] {run.name}: FAILED, {record['error']} (logs in {run_dir})")
+            log(f"[{i}/{len(runs)}] {run.label}: FAILED, {record['error']} (logs in {run_dir})")
         atomic_write_json(result_file, record)
         results.append(record)
     return results
@@ -272,6 +391,26 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (a metric that counts in a mean; ``None`` and NaN do not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample SD (``n - 1``) of ``values``; no SD for one value, neither for none."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def format_mean_sd(mean: float | None, sd: float | None, n: int, of: int, unit: str = "runs") -> str:
+    """``mean ± SD`` as the study tables print it (:func:`format_metric` digits; no SD for one value), or
+    ``n/a (n of N runs)`` when no run had the metric: never a number for a metric nobody could compute."""
+    if mean is None:
+        return f"{format_metric(None)} ({n} of {of} {unit})"
+    return format_metric(mean) + ("" if sd is None else f" ± {format_metric(sd)}")
 
 
 def results_table(results: Sequence[Mapping[str, Any]], axes: Sequence[str]) -> tuple[list[str], list[list[str]]]:
@@ -289,25 +428,133 @@ def results_table(results: Sequence[Mapping[str, Any]], axes: Sequence[str]) -> 
     return header, rows
 
 
+def summarise_seeds(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One record per run (arm), in the order of the results, over its seeds.
+
+    ``{"run", "settings", "seeds", "ok", "status", "parameters", "train_seconds", "eval_seconds",
+    "metrics": {name: (mean, sd, n)}}``: ``ok`` counts the seeds that finished, ``n`` those of them that had the
+    metric (a finite value); times are means over the finished seeds.
+    """
+    arms: dict[str, list[Mapping[str, Any]]] = {}
+    for r in results:
+        arms.setdefault(r["run"], []).append(r)
+    names = sorted({m for r in results for m in r.get("metrics", {})})
+    rows = []
+    for arm, records in arms.items():
+        ok = [r for r in records if r.get("status") == "ok"]
+        status = "ok" if len(ok) == len(records) else "failed" if not ok else f"{len(ok)} of {len(records)} ok"
+        row: dict[str, Any] = {
+            "run": arm,
+            "settings": records[0].get("settings", {}),
+            "seeds": [r.get("seed") for r in records],
+            "ok": len(ok),
+            "status": status,
+            "parameters": next((r["parameters"] for r in records if r.get("parameters") is not None), None),
+        }
+        for key in ("train_seconds", "eval_seconds"):
+            mean = mean_sd([r[key] for r in ok if finite(r.get(key))])[0]
+            row[key] = None if mean is None else round(mean, 1)
+        row["metrics"] = {}
+        for name in names:
+            values = [r["metrics"][name] for r in ok if finite(r["metrics"].get(name))]
+            row["metrics"][name] = (*mean_sd(values), len(values))
+        rows.append(row)
+    return rows
+
+
+def seed_results_table(results: Sequence[Mapping[str, Any]], axes: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table over seeds: run, axes, size, mean times, status, ``n`` (seeds that
+    finished) and every metric as mean ± SD over them; a metric fewer seeds had says how many."""
+    rows = summarise_seeds(results)
+    names = sorted({m for r in results for m in r.get("metrics", {})})
+    header = ["run", *axes, "parameters", "train_seconds", "eval_seconds", "status", "n", *names]
+    table = []
+    for row in rows:
+        cells = [row["run"], *(row["settings"].get(a, "(default)") for a in axes)]
+        cells += [_format(row[k]) for k in ("parameters", "train_seconds", "eval_seconds", "status", "ok")]
+        for name in names:
+            mean, sd, n = row["metrics"][name]
+            cell = format_mean_sd(mean, sd, n, row["ok"], "seeds")
+            cells.append(cell if mean is None or n == row["ok"] else f"{cell} ({n} of {row['ok']} seeds)")
+        table.append(cells)
+    return header, table
+
+
 def scored_split(results: Sequence[Mapping[str, Any]]) -> str:
     """The split the finished runs were scored on (``"test"``, ``"validation"``), or how they differ."""
     splits = sorted({str(r.get("split")) for r in results if r.get("status") == "ok"})
     return splits[0] if len(splits) == 1 else " / ".join(splits) or "(no finished run)"
 
 
-def write_tables(results: Sequence[Mapping[str, Any]], axes: Sequence[str], out: Path) -> tuple[Path, Path]:
-    """Write ``results.csv`` and ``results.md`` under ``out`` (atomically)."""
-    header, rows = results_table(results, axes)
+def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    atomic_write_bytes(out / "results.csv", buffer.getvalue().encode())
-    lines = [f"Metrics scored on the {scored_split(results)} split (evaluate.json's eval_split).", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return buffer.getvalue().encode()
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], intro: Sequence[str]) -> bytes:
+    lines = [*intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_tables(results: Sequence[Mapping[str, Any]], axes: Sequence[str], out: Path) -> tuple[Path, Path]:
+    """Write ``results.csv`` and ``results.md`` under ``out`` (atomically)."""
+    header, rows = results_table(results, axes)
+    atomic_write_bytes(out / "results.csv", _csv_bytes(header, rows))
+    intro = [f"Metrics scored on the {scored_split(results)} split (evaluate.json's eval_split)."]
+    atomic_write_bytes(out / "results.md", _markdown(header, rows, intro))
     return out / "results.csv", out / "results.md"
+
+
+def write_seed_tables(
+    results: Sequence[Mapping[str, Any]], axes: Sequence[str], seeds: Sequence[int], out: Path
+) -> tuple[Path, Path]:
+    """Write ``runs.csv`` (one row per run and seed), ``results.csv`` (per run: every metric's mean, SD and n over
+    seeds, numbers) and ``results.md`` (the same as mean ± SD) under ``out``, atomically; return the last two."""
+    names = sorted({m for r in results for m in r.get("metrics", {})})
+    header = ["run", *axes, "seed", "status", "parameters", "train_seconds", "eval_seconds", *names]
+    rows = []
+    for r in results:
+        metrics = r.get("metrics", {})
+        rows.append(
+            [r["run"], *(r.get("settings", {}).get(a, "(default)") for a in axes), r.get("seed"), r.get("status"),
+             *("" if r.get(k) is None else r[k] for k in ("parameters", "train_seconds", "eval_seconds")),
+             *("" if metrics.get(m) is None else metrics[m] for m in names)]
+        )  # fmt: skip
+    atomic_write_bytes(out / "runs.csv", _csv_bytes(header, rows))
+
+    header = ["run", *axes, "parameters", "train_seconds", "eval_seconds", "status", "n"]
+    header += [f"{m}_{stat}" for m in names for stat in ("mean", "sd", "n")]
+    rows = []
+    for row in summarise_seeds(results):
+        cells = [row["run"], *(row["settings"].get(a, "(default)") for a in axes)]
+        cells += ["" if row[k] is None else row[k] for k in ("parameters", "train_seconds", "eval_seconds")]
+        cells += [row["status"], row["ok"]]
+        cells += ["" if v is None else v for m in names for v in row["metrics"][m]]
+        rows.append(cells)
+    atomic_write_bytes(out / "results.csv", _csv_bytes(header, rows))
+
+    header, rows = seed_results_table(results, axes)
+    intro = [
+        f"Metrics scored on the {scored_split(results)} split (evaluate.json's eval_split), over seeds "
+        f"{list(seeds)}. Cells: mean ± sample SD (n - 1) over the seeds that finished, each seed's figure being its "
+        "mean over the evaluated cases; n: seeds that finished; times: means. Per-seed figures: runs.csv."
+    ]
+    atomic_write_bytes(out / "results.md", _markdown(header, rows, intro))
+    return out / "results.csv", out / "results.md"
+
+
+def require_ids(train_config: Path, ids: Sequence[str], why: str) -> None:
+    """Refuse a bundle whose ``train.json`` defines none of ``ids`` (before any run starts): a run sets them."""
+    if not train_config.is_file():
+        raise ValueError(f"{train_config.parent.parent}: not a bundle folder (no configs/{train_config.name})")
+    content = read_structured(train_config)
+    missing = [i for i in ids if not isinstance(content, dict) or i not in content]
+    if missing:
+        raise ValueError(f"{train_config}: defines no {', '.join(repr(i) for i in missing)}; {why}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -318,6 +565,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base", action="append", default=[], help="extra overlay file stacked on every run")
     parser.add_argument("--mode", choices=MODES, help="override the grid's mode")
     parser.add_argument("--axes", nargs="+", help="only these axes")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="train every run with seeds 0 .. N-1 (default 1: the bundle's own seed)"
+    )
+    parser.add_argument(
+        "--curves", nargs="+", default=[], metavar="TAG", help="TensorBoard scalar tags to plot over the runs"
+    )
+    parser.add_argument("--figure-note", help="free text printed under the curves' title (modalities, data, ...)")
+    parser.add_argument(
+        "--footnote", default="synthetic phantoms", help="the curves' footnote: the data (default: %(default)s)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their overlays, run nothing")
     args = parser.parse_args(argv)
 
@@ -325,7 +582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (bundle_root / "configs").is_dir():
         parser.error(f"{bundle_root}: not a bundle folder (no configs/)")
     try:
-        grid = load_grid(args.grid)
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        if args.seeds > 1:
+            require_ids(bundle_root / "configs" / "train.json", ["seed"], "--seeds sets it per run")
+        grid = load_grid(args.grid, bundle_root)
         for extra in args.base:
             base = read_structured(Path(extra))
             if not isinstance(base, dict):
@@ -337,16 +598,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    seeds = list(range(args.seeds)) if args.seeds > 1 else []
+    if seeds:
+        runs = with_seeds(runs, seeds)
     if args.dry_run:
         for run in runs:
-            print(run.name, json.dumps(run.overlay, sort_keys=True))
+            print(run.label, json.dumps(run.overlay, sort_keys=True))
         return 0
     out = Path(args.out)
     results = run_study(bundle_root, runs, out)
     axes = [a for a in grid["axes"] if not args.axes or a in args.axes]
-    csv_path, md_path = write_tables(results, axes, out)
+    if seeds:
+        csv_path, md_path = write_seed_tables(results, axes, seeds, out.resolve())
+        print(md_path.read_text(), end="")
+    else:
+        csv_path, md_path = write_tables(results, axes, out)
     print(f"{len(results)} runs; table: {md_path} and {csv_path}")
-    failed = [r["run"] for r in results if r.get("status") != "ok"]
+    if args.curves:
+        from common.curves import write_curves
+
+        written = write_curves(
+            results, args.curves, out.resolve(), bundle_root.resolve(), note=args.figure_note, footnote=args.footnote
+        )
+        for png in written:
+            print(f"curves: {png} and {png.with_suffix('.csv')}")
+    failed = [
+        r["run"] + ("" if r.get("seed") is None else f" seed {r['seed']}") for r in results if r.get("status") != "ok"
+    ]
     if failed:
         print(f"failed runs: {failed}", file=sys.stderr)
         return 1

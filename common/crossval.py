@@ -37,7 +37,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import statistics
 import sys
@@ -45,10 +44,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.ablation import Run, read_structured, run_study, scored_split
+from common.ablation import Run, finite, format_mean_sd, mean_sd, read_structured, run_study, scored_split
 from common.bundle_run import monai_bundle_run
 from common.io import atomic_write_bytes, atomic_write_json
-from common.metrics.summary import format_metric
 
 __all__ = ["crossval_runs", "evaluate_variants", "summarise", "write_tables", "write_variant_tables", "main"]
 
@@ -64,16 +62,6 @@ def crossval_runs(folds: int, seeds: Sequence[int], base: Mapping[str, Any]) -> 
     ]
 
 
-def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def summarise(results: Sequence[Mapping[str, Any]], folds: int) -> list[dict[str, Any]]:
     """Per metric: ``{"metric", "folds": [(mean, sd, n) per fold], "pooled": (mean, sd, n), "runs": total}``.
 
@@ -86,18 +74,12 @@ def summarise(results: Sequence[Mapping[str, Any]], folds: int) -> list[dict[str
         per_fold = []
         for k in range(folds):
             values = [
-                r["metrics"][name] for r in ok if r["settings"]["fold"] == str(k) and _finite(r["metrics"].get(name))
+                r["metrics"][name] for r in ok if r["settings"]["fold"] == str(k) and finite(r["metrics"].get(name))
             ]
-            per_fold.append((*_mean_sd(values), len(values)))
-        pooled = [r["metrics"][name] for r in ok if _finite(r["metrics"].get(name))]
-        rows.append({"metric": name, "folds": per_fold, "pooled": (*_mean_sd(pooled), len(pooled)), "runs": len(ok)})
+            per_fold.append((*mean_sd(values), len(values)))
+        pooled = [r["metrics"][name] for r in ok if finite(r["metrics"].get(name))]
+        rows.append({"metric": name, "folds": per_fold, "pooled": (*mean_sd(pooled), len(pooled)), "runs": len(ok)})
     return rows
-
-
-def _cell(mean: float | None, sd: float | None, n: int, of: int, unit: str = "runs") -> str:
-    if mean is None:
-        return f"{format_metric(None)} ({n} of {of} {unit})"
-    return format_metric(mean) + ("" if sd is None else f" ± {format_metric(sd)}")
 
 
 def write_tables(
@@ -136,8 +118,8 @@ def write_tables(
         "|---|" + "---:|" * (len(header) - 1),
     ]
     for row in rows:
-        cells = [_cell(mean, sd, n, len(seeds)) for mean, sd, n in row["folds"]]
-        cells.append(_cell(*row["pooled"], row["runs"]))
+        cells = [format_mean_sd(mean, sd, n, len(seeds)) for mean, sd, n in row["folds"]]
+        cells.append(format_mean_sd(*row["pooled"], row["runs"]))
         lines.append(f"| {row['metric']} | " + " | ".join(cells) + f" | {row['pooled'][2]} |")
     failed = [r["run"] for r in results if r.get("status") != "ok"]
     if failed:
@@ -233,10 +215,10 @@ def write_variant_tables(
         for name in names:
             seed_means = []
             for runs in per_seed.values():
-                values = [r[name] for r in runs if _finite(r.get(name))]
+                values = [r[name] for r in runs if finite(r.get(name))]
                 if values:
                     seed_means.append(statistics.fmean(values))
-            stats.setdefault(name, {})[arm] = (*_mean_sd(seed_means), len(seed_means))
+            stats.setdefault(name, {})[arm] = (*mean_sd(seed_means), len(seed_means))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["metric", *(f"{arm} {stat}" for arm in arms for stat in ("mean", "sd", "seeds"))])
@@ -253,7 +235,9 @@ def write_variant_tables(
         "|---|" + "---:|" * len(arms),
     ]
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(_cell(*stats[name][arm], seeds, "seeds") for arm in arms) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(format_mean_sd(*stats[name][arm], seeds, "seeds") for arm in arms) + " |"
+        )
     atomic_write_bytes(out / "variants.md", ("\n".join(lines) + "\n").encode())
     return out / "variants.csv", out / "variants.md"
 

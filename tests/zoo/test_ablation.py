@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import common.crossval
 from ci import zoo
-from common.ablation import count_parameters, expand_grid, load_grid, results_table
+from common.ablation import (
+    count_parameters,
+    expand_grid,
+    format_mean_sd,
+    load_grid,
+    results_table,
+    seed_results_table,
+    summarise_seeds,
+)
 from common.data.brats import write_split_file
 from common.synthetic.brats import generate_brats
-from tests.helpers import REPO_ROOT
+from tests.helpers import FIXTURE_BUNDLE, REPO_ROOT
 
 COHRA = REPO_ROOT / "bundles" / "cohra_unet_brats"
 
@@ -189,3 +200,187 @@ def test_tiny_study_end_to_end(tmp_path):
     assert "baseline: done before, reusing" in failed.stdout
     record = json.loads((out / "act=tanhh" / "result.json").read_text())
     assert record["status"] == "failed" and record["error"]
+
+
+def _write(path: Path, content: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_settings_may_name_overlay_files_merged_in_order(tmp_path):
+    """A setting is an object, a file relative to the bundle root, or a list of both: top-level keys, a later one
+    winning and moving last, so that MONAI applies it after the earlier ones (``y`` then ``y#z``)."""
+    bundle = tmp_path / "bundle"
+    _write(bundle / "configs" / "a.json", {"x": 1, "y#z": 1, "kept": "a"})
+    _write(bundle / "configs" / "b.json", {"x": 3, "y#z": 5})
+    parts = ["configs/a.json", {"x": 2, "y": {}}, "configs/b.json"]
+    spec = {"settings": {"own": {}, "one": "configs/b.json", "many": parts}}
+    grid_file = _write(tmp_path / "grid.json", {"base": {"x": 0, "b": 1}, "axes": {"p": {**spec, "default": "own"}}})
+    grid = load_grid(grid_file, bundle)
+    runs = {r.name: r for r in expand_grid(grid)}
+    assert runs["p=one"].overlay == {"x": 3, "b": 1, "y#z": 5}
+    many = runs["p=many"].overlay
+    assert many == {"x": 3, "b": 1, "y#z": 5, "kept": "a", "y": {}}
+    assert list(many) == ["b", "kept", "y", "x", "y#z"]
+
+    # a grid in the bundle's configs/ finds its files without being told the bundle root; elsewhere it must be told
+    in_bundle = _write(bundle / "configs" / "ablation.json", json.loads(grid_file.read_text()))
+    assert load_grid(in_bundle)["axes"]["p"]["settings"]["many"] == {"kept": "a", "y": {}, "x": 3, "y#z": 5}
+    with pytest.raises(ValueError, match="name overlay files, read relative to the bundle root"):
+        load_grid(grid_file)
+    spec = {"settings": {"s": ["configs/nope.json"]}, "default": "s"}
+    missing = _write(tmp_path / "missing.json", {"axes": {"p": spec}})
+    with pytest.raises(ValueError, match="overlay file 'configs/nope.json' not found"):
+        load_grid(missing, bundle)
+
+
+def test_seed_table_is_mean_and_sample_sd_over_seeds_as_crossval_prints_it():
+    def record(run, seed, status="ok", **metrics):
+        return {"run": run, "settings": {"a": run}, "seed": seed, "status": status, "metrics": metrics,
+                "parameters": 7, "train_seconds": 10.0 + seed, "eval_seconds": 1.0}  # fmt: skip
+
+    results = [
+        record("x", 0, dice=0.5, hd=None),
+        record("y", 0, dice=0.9, hd=3.0),
+        record("x", 1, dice=0.7, hd=None),
+        record("y", 1, dice=0.8, hd=None),
+        record("y", 2, "failed"),  # a failed seed counts for nothing
+    ]
+    rows = {row["run"]: row for row in summarise_seeds(results)}
+    mean, sd, n = rows["x"]["metrics"]["dice"]
+    assert mean == pytest.approx(0.6) and sd == pytest.approx(statistics.stdev([0.5, 0.7])) and n == 2
+    assert rows["x"]["metrics"]["hd"] == (None, None, 0)
+    assert rows["y"]["metrics"]["hd"] == (3.0, None, 1)
+    assert (rows["y"]["ok"], rows["y"]["status"], rows["x"]["train_seconds"]) == (2, "2 of 3 ok", 10.5)
+    header, table = seed_results_table(results, ["a"])
+    assert header[-3:] == ["n", "dice", "hd"]
+    assert table[0][-3:] == ["2", "0.6000 ± 0.1414", "n/a (0 of 2 seeds)"]  # never 0.000
+    assert table[1][-3:] == ["2", "0.8500 ± 0.0707", "3.0000 (1 of 2 seeds)"]
+    assert common.crossval.format_mean_sd is format_mean_sd  # one way of printing mean ± SD in every study table
+
+
+def test_seeds_refuse_a_bundle_without_a_seed_id_before_any_run(tmp_path):
+    """The fixture's train.json calls set_determinism(seed=123): nothing a seed overlay could change."""
+    grid = _grid(tmp_path, {"axes": {"lr": {"id": "learning_rate", "values": [0.001, 0.01], "default": 0.001}}})
+    cmd = [sys.executable, "-m", "common.ablation", "--bundle-root", str(FIXTURE_BUNDLE), "--grid", str(grid)]
+    result = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "study"), "--seeds", "2"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    train = FIXTURE_BUNDLE / "configs" / "train.json"
+    assert result.stderr.strip().splitlines() == [f"error: {train}: defines no 'seed'; --seeds sets it per run"]
+    assert not (tmp_path / "study").exists()
+
+
+def _seeded_fixture(tmp_path: Path) -> Path:
+    """The tiny fixture bundle with a ``seed`` id and an evaluation that writes ``metrics_summary.json``."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(FIXTURE_BUNDLE, bundle)
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    train["seed"] = 123
+    train["initialize"] = ["$monai.utils.set_determinism(seed=@seed)"]
+    _write(bundle / "configs" / "train.json", train)
+    evaluate = json.loads((bundle / "configs" / "evaluate.json").read_text())
+    evaluate["+imports"] = ["$import common", "$import common.metrics"]
+    evaluate["finalize"] = ["$common.metrics.write_metrics_summary(@output_dir, 'all phantoms')"]
+    _write(bundle / "configs" / "evaluate.json", evaluate)
+    _write(bundle / "configs" / "lr_high.json", {"learning_rate": 0.01, "epochs": 3})
+    _write(bundle / "configs" / "lr_mid.json", {"learning_rate": 0.005})
+    return bundle
+
+
+def _tensorboard_scalars(log_dir: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for events in sorted(log_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            values.update((e.step, e.value) for e in accumulator.Scalars(tag))
+    return values
+
+
+def test_seeded_study_with_file_settings_and_training_curves(tmp_path):
+    """Two arms x two seeds of the tiny bundle: per-seed folders, mean ± SD from the seeds' own summaries, the
+    arm's overlay files merged in order, curves whose CSV holds the runs' TensorBoard scalars, and a second call
+    that trains nothing."""
+    bundle = _seeded_fixture(tmp_path)
+    generate_brats(tmp_path / "data", cases=4, size=(48, 48, 32), seed=2, workers=1, verbose=False)
+    base = _write(tmp_path / "base.json", {"dataset_dir": str(tmp_path / "data"), "learning_rate": 0.002,
+                                           "train#dataloader#batch_size": 1})  # fmt: skip
+    files = ["configs/lr_high.json", {"epochs": 2}, "configs/lr_mid.json"]
+    grid = _grid(tmp_path, {"axes": {"lr": {"default": "own", "settings": {"own": {}, "files": files}}}})
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "common.ablation", "--bundle-root", str(bundle), "--grid", str(grid)]
+    cmd += ["--base", str(base), "--out", str(out), "--seeds", "2"]
+    curves = ["--curves", "train_loss", "val_mean_dice", "no_such_tag", "--figure-note", "FLAIR; whole-tumour Dice"]
+    env = zoo.bundle_env()
+
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    labels = [line.split(" {")[0] for line in dry.stdout.splitlines()]
+    assert labels == ["baseline seed 0", "lr=files seed 0", "baseline seed 1", "lr=files seed 1"]
+
+    first = subprocess.run([*cmd, *curves], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    arms = {"baseline": out / "baseline", "lr=files": out / "lr=files"}
+    for folder in arms.values():
+        assert sorted(p.name for p in folder.iterdir()) == ["seed0", "seed1"]
+        for seed in (0, 1):
+            overlay = json.loads((folder / f"seed{seed}" / "overlay.json").read_text())
+            assert overlay["seed"] == seed
+            assert list(overlay)[-4:] == ["seed", "bundle_root", "ckpt_dir", "output_dir"]
+            assert overlay["output_dir"] == str(folder / f"seed{seed}" / "eval")
+    # grid base < --base < the setting's parts in order < the run's own ids
+    overlay = json.loads((arms["lr=files"] / "seed1" / "overlay.json").read_text())
+    assert (overlay["learning_rate"], overlay["epochs"], overlay["train#dataloader#batch_size"]) == (0.005, 2, 1)
+    assert json.loads((arms["baseline"] / "seed0" / "overlay.json").read_text())["learning_rate"] == 0.002
+
+    with open(out / "results.csv") as f:
+        rows = {row["run"]: row for row in csv.DictReader(f)}
+    table = (out / "results.md").read_text()
+    for arm, folder in arms.items():
+        summaries = [json.loads((folder / f"seed{s}" / "eval" / "metrics_summary.json").read_text()) for s in (0, 1)]
+        dice = [summary["metrics"]["val_mean_dice"] for summary in summaries]
+        mean, sd = statistics.fmean(dice), statistics.stdev(dice)
+        row = rows[arm]
+        assert (row["status"], row["n"], row["val_mean_dice_n"]) == ("ok", "2", "2")
+        assert float(row["val_mean_dice_mean"]) == pytest.approx(mean, rel=1e-12)
+        assert float(row["val_mean_dice_sd"]) == pytest.approx(sd, rel=1e-12)
+        line = next(line for line in table.splitlines() if line.startswith(f"| {arm} |"))
+        assert line.endswith(f"| ok | 2 | {mean:.4f} ± {sd:.4f} |")
+    assert "mean ± sample SD (n - 1) over the seeds" in table
+    with open(out / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert [(r["run"], r["seed"]) for r in runs] == [(arm, seed) for seed in "01" for arm in arms]
+
+    assert "tags not logged, skipped there: no_such_tag in every run" in first.stdout
+    assert not (out / "curves_no_such_tag.png").exists()
+    for tag, x_kind in (("train_loss", "iteration"), ("val_mean_dice", "epoch")):  # batch 1: 2 iterations an epoch
+        assert (out / f"curves_{tag}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with open(out / f"curves_{tag}.csv") as f:
+            reader = csv.DictReader(f)
+            assert reader.fieldnames == ["arm", x_kind, "mean", "sd", "n", "seed0", "seed1"]
+            points = list(reader)
+        for arm, folder in arms.items():
+            logged = [_tensorboard_scalars(folder / f"seed{s}" / "eval", tag) for s in (0, 1)]
+            assert logged[0] and logged[0].keys() == logged[1].keys()
+            mine = [p for p in points if p["arm"] == arm]
+            assert [int(p[x_kind]) for p in mine] == sorted(logged[0])
+            for p in mine:
+                step = int(p[x_kind])
+                assert [float(p["seed0"]), float(p["seed1"])] == [logged[0][step], logged[1][step]]
+                assert float(p["mean"]) == pytest.approx(statistics.fmean([logged[0][step], logged[1][step]]))
+                assert p["n"] == "2"
+    assert len([p for p in points if p["arm"] == "baseline"]) == 2  # val_mean_dice: one value per epoch
+
+    models = sorted(out.glob("*/seed*/models/model.pt"))
+    assert len(models) == 4
+    mtimes = [m.stat().st_mtime_ns for m in models]
+    again = subprocess.run([*cmd, *curves], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "training ..." not in again.stdout and again.stdout.count("done before, reusing") == 4
+    assert [m.stat().st_mtime_ns for m in models] == mtimes
+    assert (out / "results.md").read_text() == table
