@@ -37,7 +37,10 @@ so that MONAI, which applies an overlay's keys in order, applies it last, e.g. `
    objects in list order;
 4. the run's own ids: ``seed`` (with ``--seeds`` above 1), ``bundle_root``, ``ckpt_dir`` and ``output_dir``.
 
-The overlay is stacked last on the bundle's ``train.json`` (and ``evaluate.json``), so it wins over them.
+The overlay is stacked last on the bundle's ``train.json`` (and ``evaluate.json``), so it wins over them. A
+top-level string of a setting may name another run's folder as ``{run_dir:NAME}`` (``<out>/NAME``, at the same
+seed: ``<out>/NAME/seed<s>``), for an arm that starts from what an earlier arm of the same seed wrote, e.g.
+``"teachers_from": "{run_dir:baseline}/models/teachers.pt"``; runs go in grid order within a seed.
 
 Each run lives in ``<out>/<run>/``: ``overlay.json``, ``train.log``, ``evaluate.log``, ``models/``, ``eval/``
 and ``result.json``. Training is ``python -m monai.bundle run --config_file "[train.json, overlay.json]"`` and
@@ -318,6 +321,20 @@ def _remove_event_files(output_dir: Path) -> None:
         events.unlink()
 
 
+RUN_DIR_FIELD = re.compile(r"\{run_dir:([^{}]+)\}")
+
+
+def _with_run_dirs(overlay: Mapping[str, Any], out: Path, seed: int | None) -> dict[str, Any]:
+    """``overlay`` with ``{run_dir:NAME}`` in its top-level strings replaced by the folder of run ``NAME`` at the
+    same seed, so that one arm can start from what an earlier arm wrote (e.g. its trained teachers)."""
+
+    def folder(match: re.Match) -> str:
+        run_dir = out / _run_dir_name(match.group(1))
+        return str(run_dir if seed is None else run_dir / f"seed{seed}")
+
+    return {k: RUN_DIR_FIELD.sub(folder, v) if isinstance(v, str) else v for k, v in overlay.items()}
+
+
 def run_study(
     bundle_root: str | os.PathLike,
     runs: Sequence[Run],
@@ -344,7 +361,7 @@ def run_study(
             "ckpt_dir": str(run_dir / "models"),
             "output_dir": str(run_dir / "eval"),
         }
-        overlay = _merge(run.overlay, own_ids)
+        overlay = _merge(_with_run_dirs(run.overlay, out, run.seed), own_ids)
         result_file = run_dir / "result.json"
         if result_file.is_file():
             previous = json.loads(result_file.read_text())

@@ -384,3 +384,15 @@ def test_seeded_study_with_file_settings_and_training_curves(tmp_path):
     assert "training ..." not in again.stdout and again.stdout.count("done before, reusing") == 4
     assert [m.stat().st_mtime_ns for m in models] == mtimes
     assert (out / "results.md").read_text() == table
+
+
+def test_a_setting_names_the_folder_of_an_earlier_run_at_the_same_seed(tmp_path):
+    from common.ablation import _with_run_dirs
+
+    overlay = {"teachers_from": "{run_dir:baseline}/models/teachers.pt", "epochs": 2, "note": "{other}"}
+    assert _with_run_dirs(overlay, tmp_path, 1) == {
+        "teachers_from": f"{tmp_path}/baseline/seed1/models/teachers.pt",
+        "epochs": 2,
+        "note": "{other}",
+    }
+    assert _with_run_dirs(overlay, tmp_path, None)["teachers_from"] == f"{tmp_path}/baseline/models/teachers.pt"
