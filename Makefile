@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: setup test test-integration test-slow bench bench-full study-crossval demo verify package lint clean
+.PHONY: setup test test-integration test-slow bench bench-full study-crossval study-kd demo verify package lint clean
 
 setup: $(STAMP)
 
@@ -91,6 +91,18 @@ study-crossval: setup
 	$(PY) -m common.crossval --bundle-root bundles/cohra_unet_brats --folds 3 --seeds 3 --out $(STUDY)/cv \
 		--base bundles/cohra_unet_brats/configs/crossval_phantom.json --base $(STUDY)/data.json \
 		--variants bundles/cohra_unet_brats/configs/crossval_variants.json --ensemble
+
+# The phantom KD study of bundles/mtcm_kd_t1ce_student (its README states the design): five arms on the same T1ce
+# student, 3 seeds, held-out test phantoms; tables and curves in data/study_kd/runs. About an hour on 2 CPU cores.
+KD_STUDY := data/study_kd
+study-kd: setup
+	test -d $(KD_STUDY)/brats || $(PY) -m common.synthetic brats --out $(KD_STUDY)/brats --cases 24 --size 64 64 48 --seed 0
+	$(PY) -m common.data.brats make-split --dataset-dir $(KD_STUDY)/brats --out $(KD_STUDY)/split.json --folds 3 --seed 0
+	echo '{"dataset_dir": "$(CURDIR)/$(KD_STUDY)/brats", "split_file": "$(CURDIR)/$(KD_STUDY)/split.json"}' > $(KD_STUDY)/data.json
+	$(PY) -m common.ablation --bundle-root bundles/mtcm_kd_t1ce_student --out $(KD_STUDY)/runs --seeds 3 \
+		--grid bundles/mtcm_kd_t1ce_student/configs/study_kd.json --base $(KD_STUDY)/data.json \
+		--curves val_dice_wt loss kd_loss student_seg_loss teacher_wt_dice_0 teacher_weight_0 \
+		--figure-note "T1ce student (teachers: FLAIR, T2, T1); 24 phantoms 64x64x48; 20 epochs"
 
 demo: setup
 	$(PY) -m ci.demo

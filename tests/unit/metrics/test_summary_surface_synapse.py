@@ -106,7 +106,7 @@ def test_format_metric():
 
 
 def test_demo_report_prints_n_a_for_an_empty_metric(tmp_path):
-    import demo
+    from ci import demo
 
     summary = {
         "bundle": "b",
