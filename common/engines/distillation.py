@@ -171,12 +171,14 @@ class DistillationTrainer(SupervisedTrainer):
         teacher_optimizer: Optimizer | None,
         side_name: str,
         every_module: str,
+        complete: bool = True,
     ) -> None:
         """The student and the ``teacher_side`` modules share no parameter, each optimizer holds only its own side's,
         and ``teacher_optimizer`` holds every trainable teacher-side parameter (when there is a teacher side).
 
         ``side_name`` names the teacher side in messages ("teacher", "teacher or fusion"); ``every_module`` says what
-        ``teacher_optimizer`` should be built over.
+        ``teacher_optimizer`` should be built over. ``complete=False`` drops the last check, for a teacher side that
+        never steps (frozen teachers need no optimizer, and one that is given is never stepped).
         """
         prefix = f"{type(self).__name__}:"
         student_ids = _parameter_ids([self.network])
@@ -189,7 +191,7 @@ class DistillationTrainer(SupervisedTrainer):
         if teacher_optimizer_ids & student_ids:
             raise ValueError(f"{prefix} teacher_optimizer holds student parameters.")
         missing = teacher_ids - teacher_optimizer_ids
-        if any(m is not None for m in teacher_side) and missing:
+        if complete and any(m is not None for m in teacher_side) and missing:
             raise ValueError(
                 f"{prefix} {len(missing)} trainable {side_name} parameter tensors are not in teacher_optimizer; "
                 f"build it over the parameters of {every_module}."
@@ -219,10 +221,15 @@ class DistillationTrainer(SupervisedTrainer):
         """The batch on the device, checked; ``engine.state.output`` starts as its ``image`` and ``label``."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = self._prepare(batchdata)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        return inputs, targets
+
+    def _prepare(self, batchdata: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's image and label on the device (``prepare_batch``), checked against the channels."""
+        batch = self.prepare_batch(batchdata, self.state.device, self.non_blocking, **self.to_kwargs)
         inputs, targets = batch[0], batch[1]
         self._check_batch(inputs, targets)
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         return inputs, targets
 
     def _check_batch(self, inputs: torch.Tensor, targets: Any) -> None:

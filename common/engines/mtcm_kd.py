@@ -10,13 +10,17 @@ bundle config builds it like one.
 The helpers the ``mtcm_kd_t1ce_student`` bundle's configs call live here too, next to the trainer they serve, so that
 the configs name them instead of spelling them out: :func:`init_student_weights` (the authors' Xavier initialisation of
 the student), :func:`teacher_parameters` (what the teacher optimizer trains), :func:`teacher_state_attributes` (the
-per-teacher state the stats handlers log) and :func:`logged_terms` (the loss terms TensorBoard logs). Split files of
-either format are read by :func:`common.data.brats.read_split`.
+per-teacher state the stats handlers log), :func:`logged_terms` (the loss terms TensorBoard logs) and, for the
+two-stage variant (``configs/variant_two_stage.json``: the teachers of an earlier run, loaded and frozen),
+:func:`teachers_from_items` and :func:`teachers_from_checkpoint` (what the ``teachers_from`` loader loads, and the
+check of the file before it does). Split files of either format are read by :func:`common.data.brats.read_split`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -28,6 +32,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
 from common.engines.distillation import DistillationTrainer, downsample_labels, unwrap
+from common.errors import BadInputError
 from common.losses.distillation import KD_REDUCTIONS, PerformanceTeacherWeights, kd_loss, whole_tumor_dice
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -36,10 +41,13 @@ __all__ = [
     "TEACHER_DICE",
     "MTCMKDTrainer",
     "TeacherStepOutput",
+    "TeachersCheckpointError",
     "init_student_weights",
     "logged_terms",
     "teacher_parameters",
     "teacher_state_attributes",
+    "teachers_from_checkpoint",
+    "teachers_from_items",
     "unwrap",
 ]
 
@@ -98,6 +106,18 @@ class MTCMKDTrainer(DistillationTrainer):
     term vanish; the deep-supervision GT term stays, set ``deep_supervision_weight=0`` to drop it); ``use_kd=False``
     is the unimodal baseline, ``L_S = L_seg(y, s)`` in every epoch, and needs no teachers (given ones still train).
 
+    **Frozen teachers** (``train_teachers=False``, two-stage MTCM-KD: teachers and fusion trained before, e.g. loaded
+    from an MTCM-KD run's ``teachers.pt``). Step 1 keeps its forward, losses and Dice, so the KD targets, the teacher
+    weights and every logged value are computed as online, but runs under ``torch.no_grad()`` with the teachers and
+    the fusion module in eval mode, and nothing steps ``teacher_optimizer`` (which may then be None): their parameters
+    and buffers stay bit-identical. Eval mode is what a frozen network runs in: the MTCM-KD backbone (GroupNorm,
+    InstanceNorm without running statistics, no dropout) gives the same output in both modes, and a teacher with
+    BatchNorm or dropout would otherwise update its running statistics or draw dropout masks. When KD is on in the
+    first epoch (``kd_start_epoch=0``) the initial weights would be ``initial_teacher_weight`` each, which say nothing
+    about frozen, trained teachers; so before the first epoch of a fresh run (not of a resumed one, whose checkpoint
+    holds the weights) the frozen teachers score one pass over ``train_data_loader`` (``epoch_length`` batches,
+    as an epoch sees them) and the weights for the first epoch come from that mean Dice, as every later epoch's do.
+
     ``engine.state.output`` holds ``image`` (the full multimodal input), ``label``, ``pred`` (the student's
     full-resolution logits, what post-processing, metrics and evaluation handlers use), ``loss`` (``L_S``), and for
     logging, as 0-d tensors: ``student_seg_loss``, ``kd_loss`` (``sum_i w_i KD``), ``deep_supervision_loss``,
@@ -137,6 +157,7 @@ class MTCMKDTrainer(DistillationTrainer):
         teacher_kd_weight: lambda, the sum of the teachers' KD weights after each update (0.15).
         initial_teacher_weight: each teacher's KD weight before the first update (0.1).
         kd_start_epoch: first epoch (from 0) with KD and deep supervision (1).
+        train_teachers: False to freeze the teachers and the fusion module (see above); True trains them online.
         teacher_weights: the weight state to use (e.g. one a config also hands to a checkpoint handler); by default
             a new ``PerformanceTeacherWeights(len(teachers), teacher_kd_weight, initial_teacher_weight)``, and None
             without teachers.
@@ -179,6 +200,7 @@ class MTCMKDTrainer(DistillationTrainer):
         teacher_kd_weight: float = 0.15,
         initial_teacher_weight: float = 0.1,
         kd_start_epoch: int = 1,
+        train_teachers: bool = True,
         teacher_weights: PerformanceTeacherWeights | None = None,
         tumor_classes: Sequence[int] = (1, 2, 3),
         teacher_dice: str = "volume",
@@ -191,6 +213,7 @@ class MTCMKDTrainer(DistillationTrainer):
             raise ValueError(f"MTCMKDTrainer: unknown teacher_dice {teacher_dice!r}; expected one of {TEACHER_DICE}.")
         self._check_configuration(
             teachers, teacher_channels, fusion, teacher_optimizer, use_kd, kd_reduction, temperature, kd_start_epoch,
+            train_teachers,
             dict(
                 student_seg_weight=student_seg_weight, deep_supervision_weight=deep_supervision_weight,
                 cooperative_weight=cooperative_weight, teacher_kd_weight=teacher_kd_weight,
@@ -203,7 +226,11 @@ class MTCMKDTrainer(DistillationTrainer):
             **trainer_kwargs,
         )  # fmt: skip
         self._check_separate(
-            [*teachers, fusion], teacher_optimizer, "teacher or fusion", "every teacher and of the fusion module"
+            [*teachers, fusion],
+            teacher_optimizer,
+            "teacher or fusion",
+            "every teacher and of the fusion module",
+            complete=bool(train_teachers),
         )
         if teacher_weights is None:
             if teachers:  # the unimodal baseline has no teachers to weigh and keeps None
@@ -228,11 +255,14 @@ class MTCMKDTrainer(DistillationTrainer):
         self.deep_supervision_seg_fraction = float(deep_supervision_seg_fraction)
         self.cooperative_weight = float(cooperative_weight)
         self.kd_start_epoch = int(kd_start_epoch)
+        self.train_teachers = bool(train_teachers)
         self.teacher_weights = teacher_weights
         self.tumor_classes = tuple(int(c) for c in tumor_classes)
         self.teacher_dice = teacher_dice
         # Handlers go on after the teacher-weight update, so that they see the weights for the next epoch.
         self._publish_teacher_weights(self)
+        # after every STARTED handler (the loaders of teachers_from and of a resumed checkpoint), before the publishing
+        self.add_event_handler(Events.EPOCH_STARTED, self._score_frozen_teachers)
         self.add_event_handler(Events.EPOCH_STARTED, self._publish_teacher_weights)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._update_teacher_weights)
         if train_handlers is not None:
@@ -248,6 +278,7 @@ class MTCMKDTrainer(DistillationTrainer):
         kd_reduction: str,
         temperature: float,
         kd_start_epoch: int,
+        train_teachers: bool,
         weights: dict[str, float],
         deep_supervision_seg_fraction: float,
     ) -> None:
@@ -275,8 +306,13 @@ class MTCMKDTrainer(DistillationTrainer):
             )
         if fusion is not None and not teachers:
             raise ValueError(f"{prefix} a fusion module needs teachers to fuse.")
-        if teachers and teacher_optimizer is None:
-            raise ValueError(f"{prefix} teachers train online and need a teacher_optimizer (teachers and fusion).")
+        if not train_teachers and not teachers:
+            raise ValueError(f"{prefix} train_teachers=False freezes the teachers, but there are none.")
+        if train_teachers and teachers and teacher_optimizer is None:
+            raise ValueError(
+                f"{prefix} teachers train online and need a teacher_optimizer (teachers and fusion); "
+                "frozen teachers (train_teachers=False) need none."
+            )
 
     def _teacher_items(self) -> dict[str, Any]:
         """``teacher_0``, ..., ``fusion``, ``teacher_optimizer`` and ``teacher_weights``, each only when it exists (the
@@ -310,6 +346,26 @@ class MTCMKDTrainer(DistillationTrainer):
                 setattr(engine.state, f"teacher_wt_dice_{i}", d)
         self._publish_teacher_weights(engine)
 
+    def _score_frozen_teachers(self, engine: MTCMKDTrainer) -> None:
+        """Before the first epoch of a fresh run with frozen teachers and KD on in it: the weights for that epoch from
+        the frozen teachers' mean Dice over one pass of the training data (class docstring)."""
+        if self.train_teachers or self.teacher_weights is None or engine.state.epoch != 1 or not self.kd_active(1):
+            return
+        state = self.teacher_weights.state_dict()  # copies: start from empty sums, whatever a loaded file held
+        state["dice_sums"].zero_()
+        state["counts"].zero_()
+        self.teacher_weights.load_state_dict(state)
+        for index, batchdata in enumerate(self.data_loader):
+            if index >= engine.state.epoch_length:
+                break
+            self.teacher_step(*self._prepare(batchdata))
+        self._update_teacher_weights(engine)
+        self.logger.info(
+            f"Frozen teachers scored on one pass of the training data: WT Dice "
+            f"{[round(d, 4) for d in getattr(engine.state, 'teacher_wt_dice', [])]}, KD weights "
+            f"{[round(w, 6) for w in self.teacher_weights.weights]} from the first epoch."
+        )
+
     def kd_active(self, epoch: int) -> bool:
         """Whether KD and deep supervision are on in Ignite ``epoch`` (1-based: epoch 1 is the authors' epoch 0)."""
         return self.use_kd and epoch - 1 >= self.kd_start_epoch
@@ -334,13 +390,19 @@ class MTCMKDTrainer(DistillationTrainer):
         return out[0], out[1]
 
     def teacher_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> TeacherStepOutput:
-        """Forward the teachers and the fusion module, step ``teacher_optimizer`` on ``L_T``, score the teachers."""
+        """Forward the teachers and the fusion module, step ``teacher_optimizer`` on ``L_T``, score the teachers.
+
+        With frozen teachers (``train_teachers=False``) the same forward, losses and scores, in eval mode and without
+        gradients, and no step.
+        """
+        train = self.train_teachers
         for teacher in self.teachers:
-            teacher.train()
+            teacher.train(train)
         if self.fusion is not None:
-            self.fusion.train()
-        self.teacher_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
-        with self._autocast():
+            self.fusion.train(train)
+        if train:
+            self.teacher_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        with self._autocast(), contextlib.nullcontext() if train else torch.no_grad():
             logits, features = [], []
             for teacher, channel in zip(self.teachers, self.teacher_channels, strict=True):
                 out, feats = self._teacher_forward(teacher, self._channel(inputs, channel))
@@ -353,8 +415,9 @@ class MTCMKDTrainer(DistillationTrainer):
                 fused = self.fusion(features)
                 cooperative = self.loss_function(fused, downsample_labels(targets, fused.shape[2:])).mean()
                 loss = loss + self.cooperative_weight * cooperative
-        self._backward(loss)
-        self._step(self.teacher_optimizer)
+        if train:
+            self._backward(loss)
+            self._step(self.teacher_optimizer)
         per_slice = self.teacher_dice == "slices"
         wt_dice = torch.stack([whole_tumor_dice(out, targets, self.tumor_classes, per_slice) for out in logits])
         self.teacher_weights.accumulate(wt_dice)
@@ -483,3 +546,62 @@ def logged_terms(output: Sequence[dict[str, Any]]) -> dict[str, Any]:
     are per batch): every key ending in ``loss`` or ``wt_dice``, for ``TensorBoardStatsHandler(output_transform=)``.
     """
     return {k: v for k, v in output[0].items() if k.endswith(("loss", "wt_dice"))}
+
+
+# ---- the two-stage variant: teachers loaded from an earlier run -------------------------------------------------
+
+
+class TeachersCheckpointError(BadInputError):
+    """``teachers_from`` is missing where frozen teachers need it, or names a file that is not a usable
+    ``teachers.pt``; the message names the file and what is missing."""
+
+
+def teachers_from_items(items: Mapping[str, Any], train_teachers: bool = True) -> dict[str, Any]:
+    """What ``teachers_from`` loads of a run's teacher-side checkpoint items (``checkpoint_items(student=False)``):
+    the teachers, the fusion module and the teacher weights, and the teacher optimizer's state only when the teachers
+    go on training (``train_teachers``; Adam's moments continue with them). Frozen teachers never step, so their
+    optimizer keeps its fresh, empty state and a ``teachers.pt`` without one loads as well. Never the student."""
+    return {k: v for k, v in items.items() if train_teachers or k != "teacher_optimizer"}
+
+
+def teachers_from_checkpoint(path: str, items: Mapping[str, Any], train_teachers: bool = True) -> str:
+    """``path`` (the bundle's ``teachers_from``), checked before MONAI's ``CheckpointLoader`` loads it into ``items``.
+
+    ``""`` means no file and is returned as it is, unless the teachers are frozen (``train_teachers`` false): a
+    frozen, randomly initialised teacher is meaningless, so that is refused. Otherwise the file must exist, be a
+    checkpoint, and hold every key of :func:`teachers_from_items` ``(items, train_teachers)``; it is read with
+    ``mmap`` (the keys only, not a second copy of the tensors).
+
+    Raises:
+        TeachersCheckpointError: one message naming the file and what is wrong (the bundle's ``error:`` line).
+    """
+    if not path:
+        if not train_teachers:
+            raise TeachersCheckpointError(
+                "train_teachers is false (the two-stage variant, configs/variant_two_stage.json) but no teachers_from "
+                "is given: frozen teachers must be trained ones. Give --teachers_from path/to/teachers.pt (the "
+                "models/teachers.pt an MTCM-KD training writes), or set train_teachers true."
+            )
+        return path
+    path = str(path)
+    if not os.path.isfile(path):
+        raise TeachersCheckpointError(
+            f"teachers_from {path}: no such file; expected the teachers.pt an MTCM-KD training writes beside "
+            "model.pt (models/teachers.pt)."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # a truncated file, another format: say which file, keep the cause
+        raise TeachersCheckpointError(
+            f"teachers_from {path} cannot be read as a checkpoint ({type(error).__name__}: {error})."
+        ) from error
+    needed = list(teachers_from_items(items, train_teachers))
+    held = sorted(checkpoint) if isinstance(checkpoint, Mapping) else []
+    missing = [k for k in needed if k not in held]
+    if missing:
+        raise TeachersCheckpointError(
+            f"teachers_from {path} lacks {', '.join(missing)} (it holds {', '.join(held) or 'no named items'}); "
+            f"expected the teachers.pt of an MTCM-KD training with the same teachers and fusion setting "
+            f"(teacher_modalities, use_cdsfl), which holds {', '.join(needed)}."
+        )
+    return path

@@ -1,5 +1,5 @@
-"""mtcm_kd_t1ce_student: both protocols, the variants, Choi et al. 2023 on FLAIR + T1ce, resume, inference on a lone
-T1ce file, the exported student.
+"""mtcm_kd_t1ce_student: both protocols, the variants, Choi et al. 2023 on FLAIR + T1ce, the two-stage variant from
+a finished run's teachers, resume, inference on a lone T1ce file, the exported student.
 
 Tiny sizes: six 48x48x32 phantoms (three folds: four training and two validation cases), 32^3 patches or a 32^3
 whole-volume grid (faithful), widths 4-8-16-32 for the student, the teachers and the fusion module alike (one
@@ -32,6 +32,7 @@ from common.data.brats import BratsDataError, BratsFileNotFoundError, read_split
 from common.engines.choi_kd import ChoiKDTrainer
 from common.engines.distillation import plain
 from common.engines.mtcm_kd import MTCMKDTrainer, init_student_weights, unwrap
+from common.errors import bad_input_message
 from common.metrics.mtcm_kd import SliceDiceMetric, mtcm_kd_slice_dice
 from common.networks.cohra_unet import mtcm_kd_backbone
 from common.networks.mtcm_kd import TeacherFeatures
@@ -459,6 +460,118 @@ def test_choi2023_paper_student_is_scored_by_evaluate_json_and_runs_inference_on
     lone = {**infer, "input_image": datalist[0]["image"], "output_dir": str(tmp_path / "lone")}
     run_workflow(["inference.json", "variant_choi2023_paper.json"], lone, workflow_type="infer")
     assert [p.name for p in (tmp_path / "lone").iterdir()] == [f"{cases[0]}_flair_seg.nii.gz"]
+
+
+# ---- two-stage: the frozen teachers of a finished run distil into a fresh student ---------------------------------
+
+TEACHER_KEYS = ("teacher_0", "teacher_1", "teacher_2", "fusion")
+
+
+def bundle_run(configs: list, *args: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run --config_file [configs] *args``, as a user types it, single-threaded."""
+    files = "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
+    cmd += ["--logging_file", str(CONFIGS / "logging.conf"), *args]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=single_thread_env(), capture_output=True, text=True)
+
+
+def test_two_stage_trains_through_monai_bundle_run_from_the_teachers_of_a_one_epoch_run(data, corrected, tmp_path):
+    stage_one = Path(corrected["overrides"]["ckpt_dir"])
+    teachers = torch.load(stage_one / "teachers.pt", weights_only=True)
+    overrides = settings(data, "two_stage", epochs=1, val_interval=1)
+    overlay = tmp_path / "overlay.json"
+    overlay.write_text(json.dumps({"bundle_root": str(BUNDLE), **TINY, **overrides, "train#trainer#epoch_length": 2}))
+    configs = [CONFIGS / "train.json", CONFIGS / "variant_two_stage.json", overlay]
+    result = bundle_run(configs, "--teachers_from", str(stage_one / "teachers.pt"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "MTCMKDTrainer - INFO - Epoch[1] Complete" in result.stdout
+    assert "Frozen teachers scored on one pass of the training data" in result.stdout
+
+    saved = torch.load(Path(overrides["ckpt_dir"]) / "checkpoint_epoch=1.pt", weights_only=False)
+    for key in TEACHER_KEYS:  # frozen: after two training iterations still the stage-one teachers, bit for bit
+        assert saved[key].keys() == teachers[key].keys()
+        for name, value in saved[key].items():
+            assert torch.equal(value, teachers[key][name]), f"{key}.{name} changed"
+    assert saved["teacher_optimizer"]["state"] == {}  # never stepped, and its stage-one state was not loaded
+    weights = saved["teacher_weights"]["weights"]
+    assert weights.shape == (3,) and float(weights.sum()) == pytest.approx(0.15)  # from Dice, not the initial 0.1s
+    released = torch.load(stage_one / "model.pt", weights_only=True)
+    assert saved["network"].keys() == released.keys()
+    assert not torch.equal(saved["network"]["stem.0.conv_block.0.weight"], released["stem.0.conv_block.0.weight"])
+    scalars = demo.read_scalars(Path(overrides["output_dir"]))
+    assert scalars["kd_loss"] and all(v > 0 for _, v in scalars["kd_loss"])  # KD from the first iteration
+    for i in range(3):
+        assert f"teacher_weight_{i}" in scalars and f"teacher_wt_dice_{i}" in scalars
+    assert {"teacher_loss", "cooperative_loss", "teacher_0_wt_dice"} <= set(scalars)
+
+
+def test_teachers_from_loads_teachers_fusion_and_weights_and_leaves_the_student_fresh(data, corrected):
+    path = Path(corrected["overrides"]["ckpt_dir"]) / "teachers.pt"
+    teachers = torch.load(path, weights_only=True)
+
+    def parsed(configs: list[str], **extra) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / c) for c in configs])
+        parser.update({"bundle_root": str(BUNDLE), **TINY, **settings(data, "two_stage_parsed"), **extra})
+        parser.get_parsed_content("initialize")  # the seed and the student's initialisation, as a run does
+        return parser
+
+    def loaded(parser: ConfigParser) -> dict:
+        trainer = parser.get_parsed_content("train#trainer")
+        parser.get_parsed_content("train#teachers_loader")(trainer)  # what the run attaches, called here
+        return trainer.checkpoint_items()
+
+    fresh = parsed(["train.json"])
+    fresh_student = {k: v.clone() for k, v in fresh.get_parsed_content("network").state_dict().items()}
+    fresh_teacher = fresh.get_parsed_content("train#trainer").teachers[0].state_dict()
+    assert not all(torch.equal(v, teachers["teacher_0"][k]) for k, v in fresh_teacher.items())
+
+    frozen = parsed(["train.json", "variant_two_stage.json"], teachers_from=str(path))
+    items = loaded(frozen)
+    assert not items["trainer"].train_teachers and items["trainer"].kd_start_epoch == 0
+    for key in TEACHER_KEYS:
+        for name, value in items[key].state_dict().items():
+            assert torch.equal(value, teachers[key][name]), f"{key}.{name} not loaded"
+    assert items["teacher_weights"].weights == teachers["teacher_weights"]["weights"].tolist()
+    assert items["teacher_optimizer"].state_dict()["state"] == {}  # frozen teachers: the optimizer is not loaded
+    student = items["network"].state_dict()
+    assert student.keys() == fresh_student.keys()
+    assert all(torch.equal(student[k], v) for k, v in fresh_student.items())  # the same seed's fresh student
+
+    # teachers that go on training (teachers_from without the overlay) continue with their optimizer's state too
+    online = loaded(parsed(["train.json"], teachers_from=str(path)))
+    assert online["trainer"].train_teachers
+    assert online["teacher_optimizer"].state_dict()["state"].keys() == teachers["teacher_optimizer"]["state"].keys()
+
+
+def test_two_stage_refuses_frozen_teachers_without_teachers_from_and_names_a_file_that_lacks_one(
+    data, corrected, tmp_path
+):
+    overrides = {"bundle_root": str(BUNDLE), **TINY, **settings(data, "two_stage_refused")}
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in ["train.json", "variant_two_stage.json"]])
+    parser.update(overrides)
+    with pytest.raises(RuntimeError) as refused:
+        parser.get_parsed_content("train#teachers_loader")
+    message = bad_input_message(refused.value)
+    assert message and message.startswith("train_teachers is false") and "--teachers_from" in message
+
+    own = ConfigParser()  # its own folders, also under evaluate.json (which needs no teachers_from)
+    own.read_config([str(CONFIGS / c) for c in ["train.json", "evaluate.json", "variant_two_stage.json"]])
+    own["bundle_root"] = "."
+    assert own.get_parsed_content("ckpt_dir") == "./models/two_stage"
+    assert own.get_parsed_content("output_dir") == "./eval/two_stage"
+
+    teachers = torch.load(Path(corrected["overrides"]["ckpt_dir"]) / "teachers.pt", weights_only=True)
+    lacking = tmp_path / "teachers.pt"
+    torch.save({k: v for k, v in teachers.items() if k != "fusion"}, lacking)
+    overlay = tmp_path / "overlay.json"
+    overlay.write_text(json.dumps(overrides))
+    configs = [CONFIGS / "train.json", CONFIGS / "variant_two_stage.json", overlay]
+    result = bundle_run(configs, "--teachers_from", str(lacking))
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: teachers_from {lacking} lacks fusion (it holds teacher_0, "), result.stderr[-3000:]
 
 
 # ---- inference and export ---------------------------------------------------------------------------------------

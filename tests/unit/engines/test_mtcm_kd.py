@@ -19,10 +19,14 @@ from torch.utils.data import DataLoader
 from common.engines.distillation import DistillationTrainer, unwrap
 from common.engines.mtcm_kd import (
     MTCMKDTrainer,
+    TeachersCheckpointError,
     logged_terms,
     teacher_parameters,
     teacher_state_attributes,
+    teachers_from_checkpoint,
+    teachers_from_items,
 )
+from common.errors import BadInputError, bad_input_message
 from common.losses.distillation import (
     BarlowTwinsLoss,
     PerformanceTeacherWeights,
@@ -756,3 +760,187 @@ def test_trainer_builds_from_a_bundle_config() -> None:
     assert trainer.teacher_weights is parser.get_parsed_content("teacher_weights")
     assert trainer.teacher_channels == list(TEACHER_CHANNELS) and trainer.kd_reduction == "batchmean"
     assert trainer.state.teacher_weights == [0.1, 0.1, 0.1]
+
+
+# ---- two-stage: frozen teachers -----------------------------------------------------------------------------------
+
+
+def frozen_state(trainer: MTCMKDTrainer) -> list[dict[str, torch.Tensor]]:
+    """Parameters and buffers of every teacher and the fusion module, copied."""
+    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in teacher_side(trainer)]
+
+
+def assert_same_state(trainer: MTCMKDTrainer, before: list[dict[str, torch.Tensor]]) -> None:
+    for module, saved in zip(teacher_side(trainer), before, strict=True):
+        for name, value in module.state_dict().items():
+            assert torch.equal(value, saved[name]), f"{type(module).__name__}.{name} changed"
+
+
+def count_calls(obj: object, name: str) -> list[int]:
+    """Count the calls of ``obj.name`` (an instance attribute wrapping the bound method); returns the counter."""
+    calls = [0]
+    original = getattr(obj, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    setattr(obj, name, counted)
+    return calls
+
+
+def loader_dice(teachers: list[nn.Module], loader: DataLoader) -> list[float]:
+    """Each teacher's mean per-case 3D whole-tumour Dice over ``loader``, in eval mode, computed here."""
+    scores: list[list[torch.Tensor]] = [[] for _ in teachers]
+    with torch.no_grad():
+        for batch in loader:
+            for i, (teacher, channel) in enumerate(zip(teachers, TEACHER_CHANNELS, strict=True)):
+                logits, _ = teacher.eval().forward_features(batch["image"][:, channel : channel + 1])
+                scores[i].append(whole_tumor_dice(logits, batch["label"]))
+    return [torch.cat(s).double().mean().item() for s in scores]
+
+
+def test_frozen_teachers_stay_bit_identical_and_unstepped_while_the_student_trains() -> None:
+    trainer = make_trainer(max_epochs=2, kd_start_epoch=0, train_teachers=False)
+    before, student = frozen_state(trainer), snapshot(trainer.network)
+    steps = count_calls(trainer.teacher_optimizer, "step")
+    modes: list[tuple[bool, ...]] = []
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _modes(engine: MTCMKDTrainer) -> None:
+        modes.append((engine.network.training, *(m.training for m in teacher_side(engine))))
+
+    records = record_iterations(trainer)
+    trainer.run()
+    assert changed(trainer.network, student)
+    assert_same_state(trainer, before)
+    assert steps == [0] and trainer.teacher_optimizer.state_dict()["state"] == {}
+    assert all(p.grad is None for m in teacher_side(trainer) for p in m.parameters())  # no gradient was computed
+    assert modes and all(m == (True, False, False, False, False) for m in modes)  # student trains, the rest eval
+    # everything the online trainer logs is still there, KD from the first epoch
+    assert len(records) == 4
+    for r in records:
+        assert r["kd_loss"] > 0 and r["deep_supervision_loss"] > 0 and r["cooperative_loss"] > 0
+        seg = sum(r[f"teacher_{i}_seg_loss"] for i in range(3))
+        assert r["teacher_loss"] == pytest.approx(seg + 0.08 * r["cooperative_loss"], rel=1e-5)
+        assert all(0.0 <= r[f"teacher_{i}_wt_dice"] <= 1.0 for i in range(3))
+    for i in range(3):
+        assert hasattr(trainer.state, f"teacher_weight_{i}") and hasattr(trainer.state, f"teacher_wt_dice_{i}")
+    # frozen teachers on the same (unshuffled, unaugmented) batches score the same in every epoch
+    for i in range(3):
+        assert [r[f"teacher_{i}_seg_loss"] for r in records[:2]] == [r[f"teacher_{i}_seg_loss"] for r in records[2:]]
+
+
+def test_frozen_teachers_weigh_the_first_epoch_by_their_own_dice() -> None:
+    trainer = make_trainer(max_epochs=2, kd_start_epoch=0, train_teachers=False)
+    expected = performance_weights(loader_dice(trainer.teachers, make_loader()))
+    used: list[list[float]] = []
+
+    @trainer.on(Events.ITERATION_STARTED)
+    def _used(engine: MTCMKDTrainer) -> None:
+        used.append(engine.teacher_weights.weights)
+
+    epoch_weights = record_epoch_weights(trainer)
+    steps = count_calls(trainer, "teacher_step")
+    trainer.run()
+    assert steps == [2 + 4]  # one scoring pass (2 batches) before the first epoch, then one per iteration
+    assert used[0] == pytest.approx(expected, rel=1e-6) and sum(used[0]) == pytest.approx(0.15)
+    assert epoch_weights[1] == used[0] and expected != pytest.approx([0.1, 0.1, 0.1])
+    assert trainer.state.teacher_wt_dice_0 == pytest.approx(loader_dice(trainer.teachers, make_loader())[0])
+    # the same frozen teachers on the same batches: every later epoch gets the same weights
+    assert all(w == pytest.approx(expected, rel=1e-6) for w in used)
+
+    # no scoring pass where the first epoch has no KD, nor online: there the initial weights stand, as upstream
+    for kwargs in (dict(train_teachers=False), dict(kd_start_epoch=0)):
+        other = make_trainer(epoch_length=1, **kwargs)
+        other_weights, other_steps = record_epoch_weights(other), count_calls(other, "teacher_step")
+        other.run()
+        assert other_weights[1] == [0.1, 0.1, 0.1] and other_steps == [1]
+
+
+def test_frozen_trainer_resumes_with_the_checkpointed_weights_and_no_second_scoring_pass(tmp_path) -> None:
+    reference = make_trainer(max_epochs=2, kd_start_epoch=0, train_teachers=False)
+    CheckpointSaver(str(tmp_path), checkpoint_items(reference), save_interval=1, epoch_level=True).attach(reference)
+    reference_weights = record_epoch_weights(reference)
+    reference.run()
+
+    resumed = make_trainer(max_epochs=2, kd_start_epoch=0, train_teachers=False, seed=7)
+    loader = CheckpointLoader(str(tmp_path / "checkpoint_epoch=1.pt"), checkpoint_items(resumed))
+    resumed._register_handlers([loader])
+    resumed_weights, steps = record_epoch_weights(resumed), count_calls(resumed, "teacher_step")
+    resumed.run()
+    assert list(resumed_weights) == [2] and steps == [2]  # epoch 2 only, its two iterations, no scoring pass
+    assert resumed_weights[2] == reference_weights[2]
+    for module, expected in zip(teacher_side(resumed), teacher_side(reference), strict=True):
+        for a, b in zip(module.state_dict().values(), expected.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    for p, q in zip(resumed.network.parameters(), reference.network.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_teachers_need_teachers_but_no_teacher_optimizer() -> None:
+    trainer = make_trainer(epoch_length=1, kd_start_epoch=0, train_teachers=False)
+    frozen = MTCMKDTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=make_loader(),
+        network=trainer.network,
+        optimizer=trainer.optimizer,
+        student_channel=STUDENT_CHANNEL,
+        teachers=trainer.teachers,
+        teacher_channels=TEACHER_CHANNELS,
+        fusion=trainer.fusion,
+        train_teachers=False,
+        epoch_length=1,
+    )
+    assert "teacher_optimizer" not in frozen.checkpoint_items()
+    before = frozen_state(frozen)
+    frozen.run()
+    assert_same_state(frozen, before)
+    common = dict(device="cpu", max_epochs=1, train_data_loader=make_loader(), student_channel=STUDENT_CHANNEL)
+    student = tiny_net()
+    with pytest.raises(ValueError, match="train_teachers=False freezes the teachers, but there are none"):
+        MTCMKDTrainer(
+            network=student, optimizer=torch.optim.Adam(student.parameters()), use_kd=False, train_teachers=False,
+            **common,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="need a teacher_optimizer"):
+        MTCMKDTrainer(
+            network=student, optimizer=torch.optim.Adam(student.parameters()), teachers=trainer.teachers,
+            teacher_channels=TEACHER_CHANNELS, **common,
+        )  # fmt: skip
+
+
+def test_teachers_from_checkpoint_refuses_frozen_random_teachers_and_names_a_bad_file(tmp_path) -> None:
+    items = make_trainer().checkpoint_items(student=False)
+    assert list(teachers_from_items(items)) == list(items)  # online: the teacher optimizer's state too
+    assert list(teachers_from_items(items, train_teachers=False)) == [
+        "teacher_0", "teacher_1", "teacher_2", "fusion", "teacher_weights"
+    ]  # fmt: skip
+    assert teachers_from_checkpoint("", items) == ""
+    with pytest.raises(TeachersCheckpointError, match="train_teachers is false .* no teachers_from") as refused:
+        teachers_from_checkpoint("", items, train_teachers=False)
+    assert isinstance(refused.value, BadInputError) and bad_input_message(refused.value).startswith("train_teachers")
+
+    missing = tmp_path / "nowhere" / "teachers.pt"
+    with pytest.raises(TeachersCheckpointError, match=f"teachers_from {missing}: no such file"):
+        teachers_from_checkpoint(str(missing), items, train_teachers=False)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(TeachersCheckpointError, match=f"teachers_from {garbage} cannot be read as a checkpoint"):
+        teachers_from_checkpoint(str(garbage), items)
+
+    state = {k: v.state_dict() for k, v in items.items()}
+    without_fusion = tmp_path / "no_fusion.pt"
+    torch.save({k: v for k, v in state.items() if k != "fusion"}, without_fusion)
+    with pytest.raises(TeachersCheckpointError) as raised:
+        teachers_from_checkpoint(str(without_fusion), items, train_teachers=False)
+    message = bad_input_message(raised.value)
+    assert message.startswith(f"teachers_from {without_fusion} lacks fusion (it holds teacher_0, ")
+    assert "use_cdsfl" in message
+    # frozen teachers do not need the optimizer's state; teachers that go on training do
+    without_optimizer = tmp_path / "no_optimizer.pt"
+    torch.save({k: v for k, v in state.items() if k != "teacher_optimizer"}, without_optimizer)
+    assert teachers_from_checkpoint(str(without_optimizer), items, train_teachers=False) == str(without_optimizer)
+    with pytest.raises(TeachersCheckpointError, match="lacks teacher_optimizer"):
+        teachers_from_checkpoint(str(without_optimizer), items)
