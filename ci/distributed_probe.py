@@ -2,7 +2,7 @@
 
 A test stacks an overlay on ``train.json`` + ``multi_gpu_train.json`` that appends to the bundle's ``finalize``::
 
-    "probe_import": "$from ci import distributed_probe",
+    "probe_import": "$import ci.distributed_probe as distributed_probe",
     "+finalize": ["$distributed_probe.write_rank_report(@train#trainer, @validate#evaluator, '<dir>')"]
 
 (with the repository root on ``PYTHONPATH``). Each rank then writes ``<dir>/rank<RANK>.json``: which samples its train

@@ -3,11 +3,13 @@
     python -m ci.package_bundle bundles/<name> [bundles/<other> ...] [--out dist/] [--base-url URL]
 
 The zip holds one top-level folder ``<name>/`` (what ``monai.bundle download --url`` extracts) with the bundle's
-files, the weights under ``models/`` when present, and the part of the shared ``common/`` package the bundle uses at
-the bundle root, so that the configs' ``common.*`` references import with nothing but the bundle on disk. The part
-used is every module that the configs and the bundle's Python files name, the study runners of the study configs
-it ships (``ablation.json``: ``common.ablation``; ``crossval_*.json``: ``common.crossval``), and all they import in
-turn; the phantom generators and the other bundles' networks and engines stay out. Entries are
+files, the weights under ``models/`` when present, and the part of the shared ``common/`` package that the zoo's
+bundles use at the bundle root, so that the configs' ``common.*`` references import with nothing but the bundle on
+disk. A bundle uses every module that its configs and Python files name, the study runners of the study configs it
+ships (``ablation.json``: ``common.ablation``; ``crossval_*.json``: ``common.crossval``), and all they import in
+turn. Every release carries what *all* the zoo's bundles use, not only its own part: MONAI Label (and any process
+that loads several bundles) imports one ``common``, the first on ``sys.path``, for every bundle it serves, so each
+copy must hold what any of them needs. The phantom generators and the release tools stay out. Entries are
 sorted and carry a fixed timestamp and mode, so the same inputs give the same bytes (and the same sha256).
 
 Weights normally travel apart from the zip: ``large_files.yml`` names them with a URL and sha256, and
@@ -74,6 +76,14 @@ def _imported_names(path: Path) -> set[str]:
 
 
 def _common_files(bundle: Path) -> list[Path]:
+    """The files of ``common/`` that a release of ``bundle`` carries: what it and every bundle of the zoo use."""
+    files: set[Path] = set()
+    for user in {bundle.resolve(), *(b.resolve() for b in zoo.find_bundles())}:
+        files.update(_used_common_files(user))
+    return sorted(files)
+
+
+def _used_common_files(bundle: Path) -> list[Path]:
     """The files of ``common/`` that the bundle uses: named in its configs and Python files, the runners of its
     study configs, everything those import, and the ``__init__.py`` and ``__main__.py`` of every package on the way."""
     names = {"common"}

@@ -52,7 +52,7 @@ def _overlay(bundle: Path, tmp_path: Path, phantom_root: Path) -> Path:
         "output_dir": str(tmp_path / "out"),
         **spec.get("train", {}),
         **QUICK,
-        "probe_import": "$from ci import distributed_probe",
+        "probe_import": "$import ci.distributed_probe as distributed_probe",
         # Where each rank would write checkpoints: folders apart, so that the writer shows.
         "ckpt_dir": f"$distributed_probe.rank_folder('{tmp_path / 'models'}')",
         "+finalize": [f"$distributed_probe.write_rank_report(@train#trainer, @validate#evaluator, '{tmp_path}')"],
