@@ -94,13 +94,16 @@ study-crossval: setup
 
 # The phantom KD study of bundles/mtcm_kd_t1ce_student (its README states the design): five arms on the same T1ce
 # student, 3 seeds, held-out test phantoms; tables and curves in data/study_kd/runs. About an hour on 2 CPU cores.
-KD_STUDY := data/study_kd
+# KD_STUDY_SEEDS and KD_STUDY_BASE (extra --base overlays) exist for the slow-tier test that runs it on a tiny budget.
+KD_STUDY ?= $(CURDIR)/data/study_kd
+KD_STUDY_SEEDS ?= 3
+KD_STUDY_BASE ?=
 study-kd: setup
 	test -d $(KD_STUDY)/brats || $(PY) -m common.synthetic brats --out $(KD_STUDY)/brats --cases 24 --size 64 64 48 --seed 0
 	$(PY) -m common.data.brats make-split --dataset-dir $(KD_STUDY)/brats --out $(KD_STUDY)/split.json --folds 3 --seed 0
-	echo '{"dataset_dir": "$(CURDIR)/$(KD_STUDY)/brats", "split_file": "$(CURDIR)/$(KD_STUDY)/split.json"}' > $(KD_STUDY)/data.json
-	$(PY) -m common.ablation --bundle-root bundles/mtcm_kd_t1ce_student --out $(KD_STUDY)/runs --seeds 3 \
-		--grid bundles/mtcm_kd_t1ce_student/configs/study_kd.json --base $(KD_STUDY)/data.json \
+	echo '{"dataset_dir": "$(KD_STUDY)/brats", "split_file": "$(KD_STUDY)/split.json"}' > $(KD_STUDY)/data.json
+	$(PY) -m common.ablation --bundle-root bundles/mtcm_kd_t1ce_student --out $(KD_STUDY)/runs --seeds $(KD_STUDY_SEEDS) \
+		--grid bundles/mtcm_kd_t1ce_student/configs/study_kd.json --base $(KD_STUDY)/data.json $(KD_STUDY_BASE) \
 		--curves val_dice_wt loss kd_loss student_seg_loss teacher_wt_dice_0 teacher_weight_0 \
 		--figure-note "T1ce student (teachers: FLAIR, T2, T1); 24 phantoms 64x64x48; 20 epochs"
 

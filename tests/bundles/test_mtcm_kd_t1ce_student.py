@@ -720,3 +720,28 @@ def test_benchmark_no_kd_against_mtcm_kd_with_the_same_budget(tmp_path):
     print(f"\nphantoms 20 x 64x64x48 (12 train / 4 val / 4 test), {epochs} epochs, same seed; Dice on the test fold")
     print("| method | WT | TC | ET | train s |\n|---|---|---|---|---|\n" + "\n".join(rows))
     print((tmp_path / "study" / "results.md").read_text())
+
+
+@pytest.mark.slow
+def test_study_kd_command_writes_its_table_and_curves_on_a_tiny_budget(tmp_path: Path):
+    """`make study-kd` as the README runs it, with 2 seeds and one epoch of tiny networks: every arm of the
+    pre-registered study finishes (the two-stage arm from the same seed's MTCM-KD teachers), the table has each arm
+    over both seeds, and the curves are drawn."""
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps({"epochs": 1, "val_interval": 1, "channels": [4, 8, 16, 32], "roi_size": [16, 16, 16]}))
+    study = tmp_path / "study"
+    result = subprocess.run(
+        ["make", "-s", "study-kd", f"KD_STUDY={study}", "KD_STUDY_SEEDS=2", f"KD_STUDY_BASE=--base {tiny}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = (study / "runs" / "results.csv").read_text().splitlines()
+    arms = {"baseline", "method=no_kd", "method=mtcm_kd_faithful", "method=choi2023", "method=two_stage"}
+    assert {row.split(",")[0] for row in rows[1:]} == arms
+    runs = (study / "runs" / "runs.csv").read_text().splitlines()[1:]
+    assert len(runs) == 10 and all(",ok," in row for row in runs), runs
+    for tag in ("val_dice_wt", "loss", "kd_loss"):
+        assert (study / "runs" / f"curves_{tag}.png").stat().st_size > 0
