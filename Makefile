@@ -105,7 +105,7 @@ study-kd: setup
 	$(PY) -m common.ablation --bundle-root bundles/mtcm_kd_t1ce_student --out $(KD_STUDY)/runs --seeds $(KD_STUDY_SEEDS) \
 		--grid bundles/mtcm_kd_t1ce_student/configs/study_kd.json --base $(KD_STUDY)/data.json $(KD_STUDY_BASE) \
 		--curves val_dice_wt loss kd_loss student_seg_loss teacher_wt_dice_0 teacher_weight_0 \
-		--figure-note "T1ce student (teachers FLAIR, T2, T1); Dice: MONAI DiceMetric per region; 24 phantoms 64x64x48, 20 epochs"
+		--figure-note "T1ce student, teachers FLAIR/T2/T1; MONAI Dice per region; 24 phantoms, 20 epochs"
 
 demo: setup
 	$(PY) -m ci.demo
