@@ -76,7 +76,8 @@ bench: setup
 	$(PY) -m bench.run --out bench/results
 
 # bench plus what its budget leaves out (the whole-case fp32 passes of the three slowest networks, the allocator
-# ablations, the FCT-vs-BasicUNet Dice comparison): about 35 minutes on 2 cores.
+# ablations, the FCT-vs-BasicUNet Dice comparison, the RefNet cascade's time and peak memory on a 512x512x400 CT):
+# about an hour on 2 cores, of which the 512x512x400 CT takes about 20 minutes.
 bench-full: setup
 	$(PY) -m bench.run --out bench/results --full
 

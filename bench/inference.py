@@ -8,7 +8,10 @@ Cases (full mode; ``--quick`` uses each bundle's ``configs/demo.json`` inference
 * ``fct_visible_korean``: a batch of 16 VK phantom slices 256 x 256, next to MONAI BasicUNet 2D on the same batch.
 * ``refnet_synapse``: a BTCV phantom CT at the base model's training spacing (1.5 x 1.5 x 2.0 mm, 240 x 240 x 128
   voxels, the small end of BTCV), the whole cascade: Swin UNETR base (sliding window 96^3) then RefNet on every
-  slice; the Swin UNETR base stage is also reported on its own (timed inside the same runs).
+  slice; the Swin UNETR base stage is also reported on its own (timed inside the same runs). With ``--full``
+  (``make bench-full``; one run takes longer than the whole ``make bench`` budget on 2 cores) also the bundle's
+  real command, ``python -m monai.bundle run --config_file configs/inference.json``, on a 512 x 512 x 400 phantom
+  CT at 0.7 x 0.7 x 1.0 mm with random weights: its wall time and peak RSS (:func:`refnet_bundle_run`).
 
 The bundles' networks and inferers come from their ``configs/inference.json`` (``fast_cpu`` false / true), so
 this measures what the model zoo runs. Every figure runs in its own subprocess (``bench.harness.run_isolated``)
@@ -238,6 +241,8 @@ def _bundle_parser(bundle: str, quick: bool, fast: bool):
             parser[key] = value
     if bundle == "refnet_synapse":
         parser["load_base_model"] = False
+        # the cascade's logits, as every other case here gives: label_map and the agreement check take their argmax
+        parser["inferer#output"] = "logits"
         if not quick:
             parser["base_spacing"] = None  # the benchmark CT is already at the training spacing: no resampling
     parser["fast_cpu"] = fast
@@ -400,6 +405,8 @@ def _flops(network, item_shape) -> float:
 
 
 def label_map(case: Case, logits) -> np.ndarray:
+    if case.label == "argmax" and logits.shape[1] == 1:  # already a label map (B, 1, ...)
+        return logits[:, 0].to("cpu").numpy().astype(np.uint8)
     if case.label == "regions":
         return (logits.float().sigmoid() > 0.5).to("cpu").numpy().astype(np.uint8)
     return logits.float().argmax(1).to("cpu").numpy().astype(np.uint8)
@@ -494,6 +501,65 @@ def measure(
     return result
 
 
+#: The CT of :func:`refnet_bundle_run`: voxels and spacing (mm); ``--quick``: a tiny one with the demo's networks.
+BUNDLE_RUN_CT = {"size": (512, 512, 400), "spacing": (0.7, 0.7, 1.0)}
+QUICK_BUNDLE_RUN_CT = {"size": (48, 40, 20), "spacing": (8.0, 8.0, 11.0)}
+
+
+def refnet_bundle_run(quick: bool, work_dir: str) -> dict:
+    """``python -m monai.bundle run --config_file configs/inference.json`` of ``refnet_synapse`` on a phantom CT:
+    wall time and peak RSS of that process (``os.wait4``: the largest of it and its DataLoader workers).
+
+    Random weights (``--load_pretrain False --load_base_model False``): memory and time do not depend on them.
+    With ``quick``, a tiny CT and the networks of the bundle's ``configs/demo.json`` inference overlay.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import nibabel as nib
+
+    from common.bundle_run import bundle_env
+    from common.synthetic._fields import case_rng
+    from common.synthetic.btcv import make_btcv_case
+
+    ct = QUICK_BUNDLE_RUN_CT if quick else BUNDLE_RUN_CT
+    work = Path(work_dir) / "refnet_bundle_run"
+    name = "x".join(map(str, ct["size"]))
+    path = work / f"ct_{name}.nii.gz"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        case = make_btcv_case(ct["size"], case_rng(7, 0), spacing=ct["spacing"])
+        tmp = path.with_name(".tmp_" + path.name)
+        nib.save(nib.Nifti1Image(case.image, case.affine), str(tmp))
+        tmp.replace(path)
+        del case
+    bundle = REPO_ROOT / "bundles" / "refnet_synapse"
+    overlay = {"load_pretrain": False, "load_base_model": False}
+    if quick:
+        demo = json.loads((bundle / "configs" / "demo.json").read_text())["inference"]
+        overlay.update({k: v for k, v in demo.items() if k != "datalist"})
+    overlay.update({"bundle_root": str(bundle), "dataset_dir": str(path), "output_dir": str(work / "out")})
+    overlay_file = work / "overlay.json"
+    overlay_file.write_text(json.dumps(overlay))
+    configs = [str(bundle / "configs" / "inference.json"), str(overlay_file)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "[" + ",".join(map(repr, configs)) + "]"]
+    log = work / "log.txt"
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=bundle_env(), stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0 or not (work / "out" / f"ct_{name}_seg.nii.gz").is_file():
+        raise RuntimeError(f"refnet_bundle_run: inference exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+    return {
+        "wall_s": wall,
+        "run_peak_rss_mib": usage.ru_maxrss / 1024.0,
+        "ct": f"{name} at {' x '.join(map(str, ct['spacing']))} mm",
+    }
+
+
 def dice_agreement(a: np.ndarray, b: np.ndarray, regions: bool) -> float:
     """Mean Dice between two label maps over foreground classes (region channels) present in either; 1 if none."""
     if regions:  # (B, C, ...) binary channels
@@ -555,6 +621,8 @@ def run(ctx: Context) -> list[dict]:
         medians[key] = {fast: float(np.median(r["times"])) for fast, r in res[FULL].items()}
         if key == ALLOCATOR_ABLATION and ctx.ablations:
             figs.append(_allocator_ablation(case, ctx, log))
+    if ctx.full or ctx.quick:
+        figs += _refnet_bundle_run_figures(ctx, log)
     for key, ref in (("cohra", "segresnet"), ("fct", "basicunet")):
         for fast in sorted(set(medians[key]) & set(medians[ref])):  # the paths both measured over the full case
             path = "fast_cpu path" if fast else "fp32 eager"
@@ -570,6 +638,26 @@ def run(ctx: Context) -> list[dict]:
             )
     log("done")
     return figs
+
+
+def _refnet_bundle_run_figures(ctx: Context, log: Callable[[str], None]) -> list[dict]:
+    """Wall time and peak RSS of refnet_synapse's real inference command on a whole CT (see
+    :func:`refnet_bundle_run`); ``--full`` only (one run is longer than the budget of ``make bench``), and on a tiny
+    CT with ``--quick``."""
+    r = _call(ctx, "bench.inference:refnet_bundle_run", quick=ctx.quick, work_dir=str(ctx.work_dir))
+    log(f"refnet bundle run on CT {r['ct']}: {r['wall_s']:.0f} s, peak RSS {r['run_peak_rss_mib']:.0f} MiB")
+    command = "make bench-full  (python -m bench.run --out bench/results --full)"
+    name = f"Swin UNETR base + RefNet: python -m monai.bundle run inference.json, CT {r['ct']}" + (
+        " (quick: tiny networks)" if ctx.quick else ""
+    )
+    notes = (
+        "the bundle's command with --load_pretrain False --load_base_model False (random weights), default "
+        "num_workers; peak RSS of that process and its DataLoader workers (os.wait4, the largest of them)"
+    )
+    return [
+        figure("inference", "refnet_synapse", name, "s", [r["wall_s"]], command=command, notes=notes),
+        figure("inference", "refnet_synapse", name + " [peak RSS]", "MiB", [r["run_peak_rss_mib"]]),
+    ]
 
 
 def _allocator_ablation(case: Case, ctx: Context, log: Callable[[str], None]) -> dict:

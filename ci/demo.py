@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -198,6 +199,8 @@ def run_bundle(
 
     for stage in STAGES:
         stage_out = (out / stage).resolve()
+        # this run's outputs only: an inference folder holding an earlier model's predictions is refused otherwise
+        shutil.rmtree(stage_out, ignore_errors=True)
         overlay = {
             "bundle_root": str(bundle.resolve()),
             "dataset_dir": str(dataset_dir),

@@ -27,8 +27,6 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-import pickle
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
-from common.errors import BadInputError
+from common.engines.checkpoints import CheckpointError, read_checkpoint, weights_misfit
 
 __all__ = [
     "ACTIVATIONS",
@@ -55,7 +53,7 @@ ACTIVATIONS = ("sigmoid", "softmax")
 SIGMOID_EPS = 1e-7  # logit(1 - 1e-7) ~ 16 in float32: finite, and far from the 0.5 threshold
 
 
-class EnsembleCheckpointError(BadInputError):
+class EnsembleCheckpointError(CheckpointError):
     """A checkpoint of ``ensemble_checkpoints`` cannot be loaded into the bundle's network; the message says why."""
 
 
@@ -187,7 +185,8 @@ def load_networks(
     Raises:
         EnsembleCheckpointNotFoundError: naming every path that is not a file, before anything is loaded.
         EnsembleCheckpointError: naming the checkpoint that is not a readable ``torch.save`` file or whose weights
-            do not fit ``network`` (strict loading: another architecture or width is an error, not a partial load).
+            do not fit ``network`` (strict loading: another architecture or width is an error, not a partial load);
+            read and checked as every checkpoint of the zoo is (:mod:`common.engines.checkpoints`).
     """
     paths = [Path(c) for c in checkpoints]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -200,18 +199,19 @@ def load_networks(
     members = []
     for path in paths:
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-            raise EnsembleCheckpointError(f"'{path}': not a readable checkpoint (torch.load failed: {e}).") from e
+            checkpoint = read_checkpoint(path, map_location="cpu")
+        except CheckpointError as e:
+            reason = str(e).removeprefix(f"{path}: ")
+            raise EnsembleCheckpointError(f"'{path}': not a readable checkpoint: {reason}.") from e
         member = copy.deepcopy(network)
-        try:
-            member.load_state_dict(_state_dict(checkpoint))
-        except (RuntimeError, TypeError, AttributeError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        state = _state_dict(checkpoint)
+        misfit = weights_misfit(member, state)
+        if misfit:
             raise EnsembleCheckpointError(
-                f"'{path}': its weights do not fit this bundle's network_def ({first_line}); "
+                f"'{path}': its weights do not fit this bundle's network_def ({misfit}); "
                 "ensemble members must be checkpoints of the same network with the same settings."
-            ) from e
+            )
+        member.load_state_dict(state)
         if device is not None:
             member = member.to(device)
         members.append(member.eval().requires_grad_(False))

@@ -1,13 +1,17 @@
 """PNG outputs of 2D segmentations of photographs: label maps written atomically, and coloured overlays.
 
 - :class:`AtomicPILWriter`: MONAI's ``PILWriter`` that writes through a temporary file and a rename
-  (:mod:`common.io`), for ``SaveImaged(writer="common.transforms.overlay.AtomicPILWriter")``. ``SaveImaged``
+  (:mod:`common.outputs`), for ``SaveImaged(writer="common.transforms.overlay.AtomicPILWriter")``. ``SaveImaged``
   otherwise keeps all its behaviour (file naming, orientation, dtype); only the final write changes, so a reader
   never sees half a PNG.
 - :class:`SaveOverlayd`: blends a label map over the photograph it was predicted from, one colour per class, and
   writes ``<output_dir>/<name>_<postfix>.png`` atomically. The photograph is read again from its file
   (``image.meta["filename_or_obj"]``), at full resolution and in its original colours, because by postprocessing
   time the ``image`` key holds the resized, normalised network input.
+
+Both publish through :mod:`common.outputs`: inside :class:`common.transforms.writers.AllOrNothingCompose` (the
+bundle's ``postprocessing``) a slice's label map and overlay appear together or not at all, and a failed write
+(full disk) raises :class:`common.outputs.OutputFolderError` naming the folder, the file and the cause.
 
 Orientation: MONAI's ``PILReader`` swaps the two axes of a PNG (``reverse_indexing``), so an ``H x W`` photograph's
 label map arrives as ``(1, W, H)``; :class:`SaveOverlayd` swaps it back like ``PILWriter`` does, and checks that the
@@ -30,7 +34,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 from PIL import Image
 
-from common.io import atomic_write_bytes
+from common.outputs import write_output_bytes
 
 __all__ = ["VK_OVERLAY_COLOURS", "AtomicPILWriter", "blend_overlay", "SaveOverlayd"]
 
@@ -69,7 +73,7 @@ class AtomicPILWriter(PILWriter):
             image_mode=kwargs.pop("image_mode", None),
             scale=self.scale,
         )
-        atomic_write_bytes(filename, _png_bytes(self.data_obj, filename, **kwargs))
+        write_output_bytes(filename, _png_bytes(self.data_obj, filename, **kwargs))
 
 
 def blend_overlay(
@@ -176,5 +180,5 @@ class SaveOverlayd(MapTransform):
                 )
             overlay = blend_overlay(photograph, np.rint(labels).astype(np.int64), self.colours, self.alpha)
             target = self.output_dir / f"{path.stem}_{self.output_postfix}.png"
-            atomic_write_bytes(target, _png_bytes(Image.fromarray(overlay), target))
+            write_output_bytes(target, _png_bytes(Image.fromarray(overlay), target))
         return d

@@ -12,7 +12,10 @@ preprocessing:
 - :class:`ValidateImaged`, after ``LoadImaged``, looks at the values: the image is not empty, has no NaN or Inf
   voxel, and no channel is constant (a blank modality); label maps may be constant (all background) but not
   non-finite. Label *values* are checked by the dataset's own transforms
-  (:class:`common.data.brats.CheckBratsLabelsd`, :class:`common.data.btcv.BTCVToSynapse12d`).
+  (:class:`common.data.brats.CheckBratsLabelsd`, :class:`common.data.btcv.BTCVToSynapse12d`) or, for a dataset
+  whose convention is a plain set of values (the prepared Visible Korean label maps, {0, 1, 2}), by
+  ``ValidateImaged(label_values=...)``, before a value outside the classes reaches the loss as an index
+  (``index 7 is out of bounds``, naming no file).
 
 Both raise :class:`InputValidationError` (a :class:`common.errors.BadInputError`), which makes a failed
 ``python -m monai.bundle run`` end its stderr with ``error: <message>`` (see :mod:`common.errors`). A case that
@@ -337,6 +340,9 @@ class ValidateImaged(MapTransform):
         channels: expected channel count, as for :class:`ValidateImageFilesd`.
         label_keys: keys among ``keys`` that hold label maps or class probabilities, whose channels may be constant
             (all background; a class absent from the case).
+        label_values: the values a label map of ``label_keys`` may hold: a sequence of integers, or a label
+            convention ``{name: value}`` (e.g. ``common.data.visible_korean.VK_LABELS``), whose names the message
+            lists. ``None``: not checked.
         allow_missing_keys: don't raise if a key is missing.
     """
 
@@ -346,12 +352,34 @@ class ValidateImaged(MapTransform):
         spatial_dims: int | None = 3,
         channels: int | Mapping[Hashable, int] | None = None,
         label_keys: KeysCollection = (),
+        label_values: Sequence[int] | Mapping[str, int] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.spatial_dims = spatial_dims
         self.channels = _per_key(channels, self.keys)
         self.label_keys = set(ensure_tuple(label_keys))
+        if isinstance(label_values, Mapping):
+            self.label_names: dict[int, str] = {int(v): str(k) for k, v in label_values.items()}
+            self.label_values: tuple[int, ...] | None = tuple(sorted(self.label_names))
+        else:
+            self.label_names = {}
+            self.label_values = None if label_values is None else tuple(sorted(int(v) for v in label_values))
+
+    def _check_label_values(self, image: Any, x: torch.Tensor, files: Sequence[str] | None) -> None:
+        x = x.to(torch.float64 if x.is_floating_point() else torch.int64)
+        allowed = torch.as_tensor(self.label_values, dtype=x.dtype, device=x.device)
+        outside = ~torch.isin(x, allowed)
+        if not bool(outside.any()):
+            return
+        found = [v.item() for v in torch.unique(x)]
+        found_text = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in found)
+        convention = ", ".join(f"{v} {n}" for v, n in sorted(self.label_names.items()))
+        raise InputValidationError(
+            f"'{_source(image, files, None)}' holds label values [{found_text}] ({int(outside.sum())} pixel(s) "
+            f"outside the convention); expected only {list(self.label_values or ())}"
+            f"{f' ({convention})' if convention else ''}. Was it prepared for another dataset or class set?"
+        )
 
     def _check(self, key: Hashable, image: Any, files: Sequence[str] | None) -> None:
         x = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(np.asarray(image))
@@ -391,6 +419,8 @@ class ValidateImaged(MapTransform):
                         f"{'' if x.shape[0] == 1 else f', channel {c}'}); expected an image with contrast. "
                         "Is it blank, or was it exported without its pixel data?"
                     )
+        if is_label and self.label_values is not None:
+            self._check_label_values(image, x, files)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

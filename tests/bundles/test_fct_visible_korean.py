@@ -170,8 +170,8 @@ def test_inference_on_a_folder_writes_label_and_overlay_pngs_at_the_photographs_
     zoo.monai_bundle_run([CONFIGS / "inference.json", overlay], log_file=tmp_path / "infer.log")
     names = sorted(p.stem for p in (trained["data"] / "images").glob("*.png"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        [f"{n}_seg.png" for n in names] + [f"{n}_overlay.png" for n in names]
-    ), "expected one label and one overlay PNG per photograph and no temporary files"
+        [f"{n}_seg.png" for n in names] + [f"{n}_overlay.png" for n in names] + [".run.json"]
+    ), "expected one label and one overlay PNG per photograph, the run's manifest and no temporary files"
     for name in names:
         label, overlay = _png(tmp_path / "out" / f"{name}_seg.png"), _png(tmp_path / "out" / f"{name}_overlay.png")
         assert label.shape == SIZE and set(np.unique(label).tolist()) <= {0, 1, 2}

@@ -451,7 +451,7 @@ def test_choi2023_paper_student_is_scored_by_evaluate_json_and_runs_inference_on
     datalist = workflow.parser.get_parsed_content("datalist")
     assert [Path(p).name.split("_")[-1] for p in datalist[0]["image"]] == ["flair.nii.gz", "t1ce.nii.gz"]
     cases = sorted(p.name for p in Path(data["dataset_dir"]).iterdir() if p.is_dir())
-    assert sorted(p.name for p in out.iterdir()) == [f"{case}_seg.nii.gz" for case in cases]
+    assert sorted(p.name for p in out.iterdir()) == [".run.json", *(f"{case}_seg.nii.gz" for case in cases)]
     prediction = nib.load(out / f"{cases[0]}_seg.nii.gz")
     assert prediction.shape == (48, 48, 32)
     assert set(np.unique(np.asarray(prediction.dataobj)).tolist()) <= {0, 1, 2, 4}
@@ -459,7 +459,7 @@ def test_choi2023_paper_student_is_scored_by_evaluate_json_and_runs_inference_on
     # a lone case: input_image lists its files, FLAIR then T1ce
     lone = {**infer, "input_image": datalist[0]["image"], "output_dir": str(tmp_path / "lone")}
     run_workflow(["inference.json", "variant_choi2023_paper.json"], lone, workflow_type="infer")
-    assert [p.name for p in (tmp_path / "lone").iterdir()] == [f"{cases[0]}_flair_seg.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "lone").iterdir()) == [".run.json", f"{cases[0]}_flair_seg.nii.gz"]
 
 
 # ---- two-stage: the frozen teachers of a finished run distil into a fresh student ---------------------------------

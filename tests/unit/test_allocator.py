@@ -50,4 +50,4 @@ def test_every_training_config_retains_freed_memory(bundle):
         parser.read_config([str(configs / "train.json"), str(configs / name)])
         init = json.dumps(parser["initialize"])
         assert parser["retain_freed_memory"] is True, name
-        assert "common.allocator.retain_freed_memory() if @retain_freed_memory" in init, name
+        assert "common.allocator.retain_freed_memory() if common.settings.flag(@retain_freed_memory)" in init, name

@@ -443,6 +443,33 @@ def entry_point_runs(tmp_path_factory) -> dict[str, dict[str, Any]]:
         "expected": [f"'{missing}'", "does not exist"],
     }
 
+    # FCT, train: one prepared label map holds 7, outside {0 background, 1 bone, 2 muscle}
+    from common.data.visible_korean import load_datalist, prepare
+    from common.synthetic.__main__ import main as make_phantoms
+
+    work = root / "fct_train"
+    work.mkdir()
+    args = ["visible_korean", "--out", str(work / "vk"), "--cases", "3", "--size", "32", "40", "--workers", "1"]
+    assert make_phantoms([*args, "--quiet"]) in (0, None)
+    prepare(work / "vk", work / "prepared", quality_check=0, test_fraction=0)
+    spoiled_label = Path(load_datalist(work / "prepared" / "datalist.json", "training")[0]["label"])
+    labels = np.asarray(Image.open(spoiled_label)).copy()
+    labels[:3, :3] = 7
+    png(spoiled_label, labels)
+    overlay = {
+        **_demo_overlay("fct_visible_korean", "train"),
+        "demo_work_dir": str(work / "prepared"),
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work / "eval"),
+        "epochs": 1,
+        "amp": False,
+    }
+    runs["fct_visible_korean train"] = {
+        "proc": _bundle_run("fct_visible_korean", ["train.json"], overlay, work),
+        "outputs": work / "models",
+        "expected": [f"'{spoiled_label}' holds label values [", ", 7]", "expected only [0, 1, 2] (0 background"],
+    }
+
     for run in runs.values():
         proc = run.pop("proc")
         _, run["stderr"] = proc.communicate(timeout=300)
@@ -456,6 +483,7 @@ ENTRY_POINTS = [
     "fct_visible_korean evaluate",
     "refnet_synapse inference",
     "fct_visible_korean prepare",
+    "fct_visible_korean train",
 ]
 
 

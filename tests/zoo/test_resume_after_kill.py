@@ -18,6 +18,7 @@ from tests.zoo.training_runs import (
     CHECKPOINT,
     check_resumed_from,
     demo_training_settings,
+    epochs_saved,
     resume_probe,
     train_until_killed,
     write_overlay,
@@ -74,6 +75,8 @@ def _kill_then_resume(name, tmp_path, phantom_root, kill_after: int, corrupt_new
     assert f"Epoch[{resumed_from}] Complete" not in log, "resumed training repeated a finished epoch"
     finished = torch.load(ckpt_dir / CHECKPOINT.format(resumed_from + 1), map_location="cpu", weights_only=False)
     assert finished["trainer"]["iteration"] == (resumed_from + 1) * finished["trainer"]["epoch_length"]
+    # n_saved (2) holds across the resume: the killed run's older epoch files were rotated out too
+    assert epochs_saved(ckpt_dir) == [max(1, resumed_from), resumed_from + 1], epochs_saved(ckpt_dir)
     return log
 
 

@@ -328,6 +328,8 @@ TINY = {
         "base_feature_size": 12,
         "base_network_def#depths": [1, 1, 1, 1],
         "base_network_def#num_heads": [1, 1, 1, 1],
+        # the slices RefNet takes at once, the same with fast_cpu on and off, so forward calls count passes
+        "refine_slice_inferer#cpu_sw_batch_size": None,
     },
 }
 # the id of the EnsembleInferer in each config and how many passes mirroring adds
