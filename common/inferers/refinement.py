@@ -11,9 +11,7 @@ training, so the cascade gives RefNet what it was trained on.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +23,7 @@ from monai.utils import convert_to_dst_type
 
 from common.transforms.refinement import RefNetInputd
 
-__all__ = ["OUTPUTS", "BaseThenRefineInferer", "load_weights"]
+__all__ = ["OUTPUTS", "BaseThenRefineInferer"]
 
 #: What :class:`BaseThenRefineInferer` returns: RefNet's logits, or their argmax (the label map).
 OUTPUTS = ("logits", "labels")
@@ -46,22 +44,6 @@ def _on_grid_of(volume: torch.Tensor, image: torch.Tensor) -> bool:
 
 def _label_dtype(num_classes: int) -> torch.dtype:
     return torch.uint8 if num_classes <= 256 else torch.int32
-
-
-def load_weights(network: nn.Module, path: str | os.PathLike | None) -> nn.Module:
-    """``network`` with the weights of the checkpoint at ``path`` loaded (strictly), or unchanged when ``path`` is None.
-
-    The checkpoint is a state dict or MONAI's ``{"model": state dict}``. This loads the base model where it is built,
-    because MONAI Label's ``monaibundle`` app instantiates ``inferer`` but never runs ``initialize`` (where the
-    bundle's checkpoint loaders are), which would leave the base model randomly initialised there.
-    """
-    if path is None:
-        return network
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"'{path}' does not exist: expected the base model weights there.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    network.load_state_dict(checkpoint.get("model", checkpoint))
-    return network
 
 
 class BaseThenRefineInferer(Inferer):

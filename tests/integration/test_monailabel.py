@@ -152,7 +152,7 @@ def _install_bundles(app_dir: Path, work: Path, phantom_root: Path) -> None:
         bundle_dir = model_dir / name
         spec = zoo.load_json(REPO_ROOT / "bundles" / name / "configs" / "demo.json")
         # Small networks for 2 CPU cores. The demo's datalist is not MONAI Label's business, and the demo skips
-        # RefNet's base model weights, which MONAI Label must load (common.inferers.refinement.load_weights).
+        # RefNet's base model weights, which MONAI Label must load (common.engines.with_weights).
         overlay = {k: v for k, v in spec.get("inference", {}).items() if k not in ("datalist", "load_base_model")}
         if name == "cohra_unet_brats":
             # 8 windows instead of 27 over the 64 x 64 x 48 phantom: this network is the slowest of the four on CPU.

@@ -22,18 +22,27 @@ import pytest
 from PIL import Image
 
 from ci import zoo
-from common.settings import RULES, SettingError, check_command_line, command_line_problems, flag
+from common.settings import SettingError, check_command_line, command_line_problems, flag
 from tests.helpers import REPO_ROOT
 
 BUNDLES = REPO_ROOT / "bundles"
 
 #: The config stacks users run (the bundle READMEs' commands), per bundle.
 STACKS: dict[str, list[list[str]]] = {
-    bundle: [["train.json"], ["train.json", "evaluate.json"], ["train.json", "multi_gpu_train.json"], ["inference.json"]]
+    bundle: [
+        ["train.json"],
+        ["train.json", "evaluate.json"],
+        ["train.json", "multi_gpu_train.json"],
+        ["inference.json"],
+    ]
     for bundle in ("cohra_unet_brats", "fct_visible_korean", "mtcm_kd_t1ce_student", "refnet_synapse")
 }
 STACKS["mtcm_kd_t1ce_student"] += [["train.json", "faithful.json"], ["inference.json", "faithful.json"]]
-STACKS["refnet_synapse"] += [["train_base.json"], ["train_base.json", "predict_base.json"], ["inference.json", "refine.json"]]
+STACKS["refnet_synapse"] += [
+    ["train_base.json"],
+    ["train_base.json", "predict_base.json"],
+    ["inference.json", "refine.json"],
+]
 
 
 def _files(bundle: str, stack: list[str]) -> list[str]:
@@ -98,7 +107,9 @@ def test_each_boolean_setting_is_read_through_flag(bundle, stack, key):
 
 
 @pytest.mark.parametrize(
-    "bundle, stack", [(b, s) for b, stacks in STACKS.items() for s in stacks], ids=lambda x: "+".join(x) if isinstance(x, list) else x
+    "bundle, stack",
+    [(b, s) for b, stacks in STACKS.items() for s in stacks],
+    ids=lambda x: "+".join(x) if isinstance(x, list) else x,
 )
 def test_every_stack_checks_its_command_line_first_and_its_defaults_pass(bundle, stack):
     from monai.bundle import ConfigParser
@@ -141,7 +152,8 @@ def test_wrong_settings_are_named(override, message):
     ("mtcm_kd_t1ce_student", ["train.json"], ["--teacher_dice", "slice"], "--teacher_dice: expected one of"),
     ("refnet_synapse", ["train.json"], ["--base_input", "label"], "--base_input: expected one of"),
     ("refnet_synapse", ["inference.json"], ["--lod_pretrain", "false"], "did you mean --load_pretrain?"),
-    ("cohra_unet_brats", ["inference.json"], ["--inferer#inferer#ovrlap", "0.25"], "did you mean --inferer#inferer#overlap?"),
+    ("cohra_unet_brats", ["inference.json"], ["--inferer#inferer#ovrlap", "0.25"],
+     "did you mean --inferer#inferer#overlap?"),
 ])  # fmt: skip
 def test_presets_splits_and_names_are_checked(bundle, stack, override, message):
     problems = command_line_problems([*_config_file_argument(bundle, stack), *override])
@@ -175,7 +187,9 @@ def test_legitimate_settings_pass(override, tmp_path):
 def test_an_args_file_is_checked_like_the_command_line(tmp_path):
     args_file = tmp_path / "args.json"
     args_file.write_text(json.dumps({"epoch": 3}))
-    problems = command_line_problems([*_config_file_argument("cohra_unet_brats", ["train.json"]), "--args_file", str(args_file)])
+    problems = command_line_problems(
+        [*_config_file_argument("cohra_unet_brats", ["train.json"]), "--args_file", str(args_file)]
+    )
     assert problems == ["--epoch: no such setting in train.json; did you mean --epochs?"]
 
 
@@ -197,15 +211,19 @@ def _run(bundle: str, stack: list[str], *override: str, cwd: Path | None = None)
 
 
 @pytest.mark.parametrize("bundle, stack, override, message", [
-    ("cohra_unet_brats", ["train.json"], ["--epochs_typo", "1"], "--epochs_typo: no such setting in train.json; did you mean --epochs?"),
+    ("cohra_unet_brats", ["train.json"], ["--epochs_typo", "1"],
+     "--epochs_typo: no such setting in train.json; did you mean --epochs?"),
     ("fct_visible_korean", ["train.json"], ["--epochs", "abc"], "--epochs: expected an integer >= 1, got 'abc'"),
-    ("mtcm_kd_t1ce_student", ["train.json", "evaluate.json"], ["--resume", "maybe"], "--resume: expected true or false"),
+    ("mtcm_kd_t1ce_student", ["train.json", "evaluate.json"], ["--resume", "maybe"],
+     "--resume: expected true or false"),
     ("refnet_synapse", ["inference.json"], ["--lod_pretrain", "false"], "did you mean --load_pretrain?"),
     ("fct_visible_korean", ["inference.json"], ["--fct_preset", "nosuch"], "--fct_preset: expected one of"),
 ])  # fmt: skip
 def test_monai_bundle_run_stops_before_any_work(bundle, stack, override, message, tmp_path):
     """Exit status 2, one error line last, and neither the checkpoint nor the output folder made."""
-    proc = _run(bundle, stack, *override, "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"))
+    proc = _run(
+        bundle, stack, *override, "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval")
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, proc.stderr[-3000:]
