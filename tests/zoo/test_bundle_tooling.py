@@ -157,6 +157,7 @@ def test_release_carries_the_common_code_its_bundle_uses(bundle: Path, tmp_path:
         assert result.returncode == 0, result.stderr
     assert not any(n.startswith(f"{bundle.name}/common/synthetic/") for n in names)
     assert not any(n.startswith(f"{bundle.name}/common/release.py") for n in names)
+    assert f"{bundle.name}/common/verify_release.py" not in names  # published next to the catalogue instead
     other = zoo.find_bundles()[0] if bundle != zoo.find_bundles()[0] else zoo.find_bundles()[1]
     other_names = zipfile.ZipFile(package_bundle.package_bundle(other, tmp_path / "other")).namelist()
     common = sorted(n.split("/", 1)[1] for n in names if n.startswith(f"{bundle.name}/common/"))

@@ -247,3 +247,25 @@ def test_load_pretrain_false_runs_inference_without_weights(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "eval").glob("*_seg.png")) == ["VK_0000_seg.png", "VK_0001_seg.png"]
+
+
+@pytest.mark.parametrize(
+    "bundle, stack", [("cohra_unet_brats", ["train.json"]), ("refnet_synapse", ["train_base.json"])]
+)
+def test_resume_without_a_checkpoint_stops_before_any_work(bundle, stack, tmp_path):
+    """The checkpoint to resume from is found first thing, so a run with none leaves no logs or folders behind."""
+    (tmp_path / "models").mkdir()
+    proc = _run(
+        bundle,
+        stack,
+        "--resume",
+        "true",
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tmp_path / 'models'}: no checkpoint to resume from"), proc.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["models"] and not any((tmp_path / "models").iterdir())

@@ -1,14 +1,18 @@
 """Untrusted files: a release zip is checked against the catalogue's sha256 before use, zips with entries outside
-the bundle folder are refused (by MONAI's download, the path users take, and by ``common.release``), and a
-``logging.conf`` that would run code through ``fileConfig`` fails ``ci/verify_bundle.py``."""
+the bundle folder are refused (by MONAI's download, the path users take, by ``common.release``, and by the
+``verify_release.py`` published with the catalogue, which runs with nothing but Python), and a ``logging.conf``
+that would run code through ``fileConfig`` fails ``ci/verify_bundle.py``."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import http.server
 import json
 import logging.config
+import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from ci import verify_bundle, zoo
+from ci import package_bundle, verify_bundle, zoo
+from common.io import sha256_file
 from common.release import unsafe_members, verify_release_zip
-from tests.helpers import REPO_ROOT
+from tests.helpers import FIXTURE_BUNDLE, REPO_ROOT
 
 BUNDLE_LOGGING_CONFS = sorted(REPO_ROOT.glob("bundles/*/configs/logging.conf"))
 
@@ -77,6 +82,85 @@ def test_members_outside_the_bundle_folder_are_refused_even_with_a_matching_hash
     assert unsafe_members(zip_path) == [evil]
     with pytest.raises(ValueError, match="members outside the bundle folder"):
         verify_release_zip(zip_path, _catalogue(zip_path))
+
+
+def _without_the_repository(folder: Path, *files: Path) -> Path:
+    """``folder`` holding copies of ``files`` and nothing else, as a user's download folder would."""
+    folder.mkdir()
+    for file in files:
+        shutil.copy2(file, folder / file.name)
+    return folder
+
+
+def _run_published_verifier(folder: Path, zip_name: str) -> subprocess.CompletedProcess:
+    """``python verify_release.py <zip> --catalogue model_info.json`` as the README gives it, run in ``folder`` by a
+    Python that reaches nothing of the repository: isolated mode (no PYTHONPATH, no script or working folder on
+    ``sys.path``), and no PYTHONPATH in the environment either."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "-I", package_bundle.VERIFIER_NAME, zip_name, "--catalogue", package_bundle.CATALOGUE_NAME]
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
+
+
+def _assert_refused(result: subprocess.CompletedProcess, zip_name: str, what: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {zip_name}: "), result.stderr
+    assert re.search(what, lines[0]), lines[0]
+
+
+def test_the_published_verifier_is_the_one_implementation_and_needs_only_the_standard_library():
+    """``common.release verify`` and the published script run the same module, which imports only the stdlib."""
+    import common.release
+    import common.verify_release
+
+    assert common.release.verify_release_zip is common.verify_release.verify_release_zip
+    assert package_bundle.VERIFIER_SOURCE == Path(common.verify_release.__file__)
+    imported = set()
+    for node in ast.walk(ast.parse(package_bundle.VERIFIER_SOURCE.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "a relative import would not resolve in the published copy"
+            imported.add(node.module.split(".")[0])
+    assert imported and imported <= sys.stdlib_module_names | {"__future__"}, imported - sys.stdlib_module_names
+
+
+def test_the_published_verifier_checks_a_zip_before_unpacking_with_nothing_but_python(tmp_path):
+    dist = tmp_path / "dist"
+    zip_path = package_bundle.package_bundle(FIXTURE_BUNDLE, dist)
+    catalogue = package_bundle.write_catalogue(dist)
+    script = dist / package_bundle.VERIFIER_NAME
+    assert script.read_bytes() == package_bundle.VERIFIER_SOURCE.read_bytes(), "published verbatim"
+
+    user = _without_the_repository(tmp_path / "user", zip_path, catalogue, script)
+    probe = subprocess.run([sys.executable, "-I", "-c", "import common"], cwd=user, capture_output=True, text=True)
+    assert probe.returncode != 0 and "No module named 'common'" in probe.stderr, "common must be out of reach"
+    result = _run_published_verifier(user, zip_path.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    version = zoo.load_json(FIXTURE_BUNDLE / "configs" / "metadata.json")["version"]
+    assert result.stdout.splitlines() == [
+        f"{zip_path.name}: ok, {FIXTURE_BUNDLE.name} version {version}, sha256 {sha256_file(zip_path)}"
+    ]
+
+    # one byte changed
+    data = bytearray(zip_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (user / zip_path.name).write_bytes(bytes(data))
+    _assert_refused(_run_published_verifier(user, zip_path.name), zip_path.name, "sha256 [0-9a-f]{64} differs from")
+
+    # a zip the catalogue does not list
+    unlisted = "tiny_wt_segmentation_v9.9.9.zip"
+    shutil.copy2(zip_path, user / unlisted)
+    _assert_refused(_run_published_verifier(user, unlisted), unlisted, "0 entries for 'tiny_wt_segmentation_v9.9.9")
+
+    # a catalogued zip (its hash matches) with a member that climbs out of the extraction folder
+    evil = _zip(tmp_path / "tiny_v0.1.0.zip", {**GOOD, "../evil": b"payload"})
+    evil_user = _without_the_repository(tmp_path / "evil_user", evil, _catalogue(evil), script)
+    refused = _run_published_verifier(evil_user, evil.name)
+    _assert_refused(refused, evil.name, r"outside the bundle folder.*'\.\./evil'")
+    assert not (tmp_path / "evil").exists()
 
 
 @pytest.fixture
