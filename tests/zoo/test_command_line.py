@@ -269,3 +269,28 @@ def test_resume_without_a_checkpoint_stops_before_any_work(bundle, stack, tmp_pa
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {tmp_path / 'models'}: no checkpoint to resume from"), proc.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["models"] and not any((tmp_path / "models").iterdir())
+
+
+GRID = "bundles/cohra_unet_brats/configs/ablation.json"
+
+
+@pytest.mark.parametrize("command, message", [
+    (["common.ablation", "--bundle-root", "bundles/cohra_unet_brats", "--grid", GRID, "--seeds", "0"],
+     "error: --seeds must be >= 1, got 0"),
+    (["common.ablation", "--bundle-root", "bundles/cohra_unet_brats", "--grid", GRID, "--axes", "nosuch"],
+     "error: unknown axes ['nosuch']; the grid has"),
+    (["common.ablation", "--bundle-root", "bundles/cohra_unet_brats", "--grid", "nosuch.json"], "error: "),
+    (["common.data.brats", "make-split", "--dataset-dir", "/nonexistent"],
+     "error: BraTS dataset folder '/nonexistent'"),
+    (["common.data.visible_korean", "prepare", "--dataset-dir", "/nonexistent"], "error: "),
+])  # fmt: skip
+def test_the_runners_and_data_commands_refuse_with_one_error_line(command, message, tmp_path):
+    """The other entry points a user types: exit status 2, an ``error:`` line, and no output folder made."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", *command, "--out", str(out)],
+        cwd=REPO_ROOT, env=zoo.bundle_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists()
