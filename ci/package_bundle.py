@@ -19,7 +19,10 @@ After packaging, ``<out>/model_info.json`` lists every release zip in ``<out>`` 
 shape of the model zoo's ``models/model_info.json``: keyed by ``<name>_v<version>`` with ``source`` (the download
 address: ``--base-url`` + file name, or the bare file name when no base URL is given) and ``checksum``, so that
 MONAI's ``get_bundle_versions`` can read it, plus the file, its sha256 and size, and the versions of MONAI,
-PyTorch and NumPy that the bundle's metadata names.
+PyTorch and NumPy that the bundle's metadata names. Next to it goes ``<out>/verify_release.py``, a verbatim copy of
+the standard-library-only :mod:`common.verify_release`, so that users can check a downloaded zip against the
+catalogue before unpacking it with nothing but Python:
+``python verify_release.py <name>_v<version>.zip --catalogue model_info.json``.
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ from pathlib import Path
 
 from ci import zoo
 from ci.large_files import WEIGHT_SUFFIXES
-from common.io import atomic_write_json, sha256_file
+from common.io import atomic_write_bytes, atomic_write_json, sha256_file
 
 CATALOGUE_NAME = "model_info.json"
+# Published verbatim: users run it before they have any code of the zoo, so it stays standard-library only.
+VERIFIER_SOURCE = zoo.REPO_ROOT / "common" / "verify_release.py"
+VERIFIER_NAME = "verify_release.py"
 # Not part of a release: caches, local run outputs, and anything a user trained or evaluated into the folder.
 EXCLUDED_DIRS = {"__pycache__", "eval", "logs", ".ipynb_checkpoints"}
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
@@ -170,7 +176,8 @@ def _release_metadata(zip_path: Path) -> tuple[str, dict]:
 
 
 def write_catalogue(out_dir: Path, base_url: str | None = None) -> Path:
-    """Write ``<out_dir>/model_info.json`` for every ``*_v*.zip`` in ``out_dir``; the same zips give the same bytes."""
+    """Write ``<out_dir>/model_info.json`` for every ``*_v*.zip`` in ``out_dir`` (the same zips give the same bytes),
+    and ``<out_dir>/verify_release.py`` that checks a zip against it."""
     catalogue = {}
     for zip_path in sorted(out_dir.glob("*_v*.zip")):
         name, meta = _release_metadata(zip_path)
@@ -191,6 +198,8 @@ def write_catalogue(out_dir: Path, base_url: str | None = None) -> Path:
         }
     target = out_dir / CATALOGUE_NAME
     atomic_write_json(target, catalogue)
+    # the catalogue never travels without the script that checks a zip against it
+    atomic_write_bytes(out_dir / VERIFIER_NAME, VERIFIER_SOURCE.read_bytes())
     return target
 
 
@@ -209,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{catalogue}  {len(json.loads(catalogue.read_text()))} release(s)")
+    print(f"{catalogue.with_name(VERIFIER_NAME)}  python {VERIFIER_NAME} <zip> --catalogue {CATALOGUE_NAME}")
     return 0
 
 
