@@ -44,11 +44,8 @@ __all__ = ["RULES", "SettingError", "check_command_line", "command_line_problems
 TRUE_SPELLINGS = ("true", "1")
 FALSE_SPELLINGS = ("false", "0")
 
-# the arguments of monai.bundle.run and of the workflow it creates, which are not config ids
-RUN_ARGUMENTS = (
-    "run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
-    "workflow_name", "workflow_type", "properties_path",
-)  # fmt: skip
+# what create_workflow and ConfigWorkflow take besides monai.bundle.run's own arguments; not config ids either
+WORKFLOW_ARGUMENTS = ("workflow_name", "workflow_type", "properties_path")
 
 
 class SettingError(BadInputError):
@@ -184,11 +181,17 @@ def _parse_value(text: str) -> Any:
     return fire.parser.DefaultParseValue(text)
 
 
+def _run_arguments() -> list[str]:
+    """The named arguments of ``monai.bundle.run``, in order (fire fills them from positional words too)."""
+    from monai.bundle.scripts import run
+
+    return [p.name for p in inspect.signature(run).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
 def _command_line_arguments(argv: Sequence[str]) -> dict[str, Any]:
     """``--id value`` / ``--id=value`` pairs of a ``monai.bundle run`` command line, parsed as fire parses them."""
-    names = ["run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"]
     pairs: dict[str, Any] = {}
-    positional = iter(names)
+    positional = iter(_run_arguments())
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -328,7 +331,8 @@ def command_line_problems(argv: Sequence[str], cwd: str | os.PathLike = ".") -> 
             settings = _load(tracking)
         known_extra = set((settings or {}).get("configs", {}))
 
-    overrides = {k: v for k, v in arguments.items() if k not in RUN_ARGUMENTS and not k.startswith("argument ")}
+    not_ids = {*_run_arguments(), *WORKFLOW_ARGUMENTS}
+    overrides = {k: v for k, v in arguments.items() if k not in not_ids and not k.startswith("argument ")}
     references = " ".join(str(v) for v in overrides.values() if isinstance(v, str))
     problems = [f"unexpected argument {k.split(' ', 1)[1]!r} (settings are given as --id value)" for k in arguments
                 if k.startswith("argument ")]  # fmt: skip
