@@ -1,8 +1,9 @@
 """Output folders of inference runs: checked before the first case, written all-or-nothing per case, one model each.
 
-Three promises, kept by :func:`prepare_output_folder` (an entry of every inference config's ``initialize`` list, so it
-runs before any data or network is touched) and by the writers of :mod:`common.transforms.writers` and
-:mod:`common.transforms.overlay`:
+Three promises, kept by :func:`prepare_output_folder` (the last entry of every inference config's ``initialize``
+list: after the inputs are listed and the weights loaded, so that a bad input or checkpoint makes no folder, and
+before the first case), :func:`release_output_folder` (its ``finalize``) and the writers of
+:mod:`common.transforms.writers` and :mod:`common.transforms.overlay`:
 
 1. **The folder is usable before the first case.** It is created if missing and must take a real file (a probe file
    is written, synced and removed; permission bits alone do not say whether a root-owned process, a read-only mount
@@ -27,7 +28,8 @@ runs before any data or network is touched) and by the writers of :mod:`common.t
    it. So:
 
    * a **lock file** ``.run.lock`` (PID, host, start time) is created atomically (a fully written temporary file
-     hard-linked onto the name, so a reader never sees it empty) and removed when the process exits. A second run
+     hard-linked onto the name, so a reader never sees it empty) and removed when the run finalizes or the process
+     exits (a folder the run made and left empty goes too). A second run
      finding it stops with a message naming the holder. A lock left by a process that no longer exists on this host
      (killed, out of memory) is taken over with a warning; a lock of another host cannot be checked and must be
      removed by hand.
