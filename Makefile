@@ -39,17 +39,22 @@ $(DEPLOY_STAMP): requirements.txt requirements-deploy.txt
 	touch $@
 
 # MONAI Label in an environment of its own (requirements-monailabel.txt says why: a complete lock installed with
-# --no-deps), for tests/integration/test_monailabel.py; rebuilt only when that file changes.
+# --no-deps) for the zoo's app, integrations/monailabel, and tests/integration/test_monailabel.py; plus the
+# repository's stand-in for torchvision, whose 0.28 release is a CUDA build only (its pyproject.toml says more).
+# Rebuilt only when those files change.
 MONAILABEL_VENV := .venv-monailabel
 MONAILABEL_STAMP := $(MONAILABEL_VENV)/.requirements-installed
+TORCHVISION_STANDIN := integrations/monailabel/torchvision-standin
 .PHONY: setup-monailabel
 setup-monailabel: $(MONAILABEL_STAMP)
 test-integration: setup-monailabel
 
-$(MONAILABEL_STAMP): requirements-monailabel.txt
+$(MONAILABEL_STAMP): requirements-monailabel.txt $(wildcard $(TORCHVISION_STANDIN)/pyproject.toml $(TORCHVISION_STANDIN)/torchvision/*.py)
 	test -x $(MONAILABEL_VENV)/bin/python || $(PYTHON) -m venv $(MONAILABEL_VENV)
 	$(MONAILABEL_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MONAILABEL_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-monailabel.txt
+	$(MONAILABEL_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall ./$(TORCHVISION_STANDIN)
+	rm -rf $(TORCHVISION_STANDIN)/build $(TORCHVISION_STANDIN)/*.egg-info
 	touch $@
 
 # The official BraTS evaluation package (brats-evaluation, on panoptica) in an environment of its own

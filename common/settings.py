@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import CommonVersionError, check_common
 from common.errors import BadInputError
 
 __all__ = ["RULES", "SettingError", "check_command_line", "command_line_problems", "flag"]
@@ -320,6 +321,10 @@ def command_line_problems(argv: Sequence[str], cwd: str | os.PathLike = ".") -> 
         return []  # MONAI names the missing file
     config = _load(files)
     file_values = {f: _load_one(f) for f in files}
+    try:
+        check_common(Path(files[0]).resolve().parent.parent)  # <bundle>/configs/<file>
+    except CommonVersionError as error:
+        return [str(error)]
 
     known_extra: set[str] = set()
     tracking = arguments.get("tracking")

@@ -1,26 +1,26 @@
-"""Every bundle serves in MONAI Label's ``monaibundle`` sample app, over HTTP, from a local model folder.
+"""The zoo's MONAI Label app (integrations/monailabel) serves every bundle over HTTP, started as the README says.
 
-What a user does, done here on phantoms: the sample app comes from the installed package (``monailabel apps
---download``), each bundle's release zip (``ci/package_bundle.py``, which vendors ``common/``) is unpacked into the
-app's ``model/`` folder, and ``monailabel start_server`` runs on 127.0.0.1 with ``--conf models <all four>`` and
-``--conf zoo_source local`` (offline: the default source lists and downloads bundles from the zoo). One study folder
-holds a synthetic image per bundle in the form MONAI Label hands a bundle: ONE file per study.
+What a user does, done here on phantoms: each bundle's release zip (``ci/package_bundle.py``, which vendors
+``common/``) is unpacked into one folder of bundles, and ``monailabel start_server --app integrations/monailabel
+--studies <folder> --conf bundles <folder>`` runs on 127.0.0.1 with the ``monailabel`` script of
+``.venv-monailabel`` (``make setup-monailabel``), nothing injected: the torchvision stand-in that environment needs
+is the one the Makefile installs from the repository. The studies folder holds what a Slicer user has:
 
-- cohra_unet_brats: the four BraTS modalities stacked into one 4-channel NIfTI (order t1, t1ce, t2, flair);
-- mtcm_kd_t1ce_student: the T1ce NIfTI;
-- refnet_synapse: the CT NIfTI (base Swin UNETR, then RefNet);
-- fct_visible_korean: an RGB PNG slice, with its label in ``labels/final/`` so that ``/train`` has data.
+- three BraTS cases as four files each (``<case>_t1.nii.gz`` ... ``<case>_flair.nii.gz``), their label maps
+  saved against the FLAIR image in ``labels/final/``; ``cohra_unet_brats`` and ``mtcm_kd_t1ce_student`` are asked
+  to segment a case by its FLAIR image and read the modalities they need from the case's other files;
+- a CT NIfTI for ``refnet_synapse`` (base Swin UNETR, then RefNet);
+- RGB PNG slices with their labels for ``fct_visible_korean``.
 
-``/infer/<model>`` must return a label map on the image's grid whose values are in the bundle's label set, and a
-one-epoch ``/train/fct_visible_korean`` must start and finish. Weights are random (none are published); they are
-written into the temporary copies only. Bundles are shrunk with their ``configs/demo.json`` inference overlay,
-written into the copy's ``configs/inference.json`` (MONAI Label passes no overrides to inference).
+Checked: ``/info/`` names exactly the label values each bundle returns (BraTS 2021: 1, 2, 4) and the dimension of
+the image it reads; every returned label map is on the image's grid with values among those named; ``/info/``
+answers while RefNet infers; the trainers are the bundles that can train on studies (``cohra_unet_brats`` from
+four-file cases, ``fct_visible_korean``), and a one-epoch run validates, replaces ``models/model.pt``, leaves no
+epoch checkpoint in ``models/`` and fills ``train_stats``; a bundle released with another ``common`` is refused.
 
-MONAI Label runs from its own virtual environment, ``.venv-monailabel`` (``make setup-monailabel``, part of
-``make test-integration``; see requirements-monailabel.txt for why it is separate). That environment has torch's
-CPU build, and torchvision publishes no CPU build of 0.28 for it (its wheel needs CUDA torch's libraries and fails
-to import), so the server gets a stand-in ``torchvision.utils`` on its PYTHONPATH: monailabel imports
-``make_grid``/``save_image`` from it for pathology debug images only; the stand-in raises if they are ever called.
+Weights are random (none are published); they are written into the unpacked copies only. Bundles are shrunk with
+their ``configs/demo.json`` inference overlay, written into the copy's ``configs/inference.json`` (MONAI Label
+passes no overrides to inference).
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,43 +44,44 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
+import common
 from ci import demo, zoo
+from common.data.brats import BRATS_2021
 from tests.helpers import REPO_ROOT, prepare_demo_data
 
 pytestmark = pytest.mark.integration
 
 MONAILABEL_VENV = Path(os.environ.get("MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
 MONAILABEL_PYTHON = MONAILABEL_VENV / "bin" / "python"
-# `python -m monailabel.main` is what the `monailabel` script runs; the script also puts the folder above the
-# environment (here the repository root) on PYTHONPATH, which would hide whether the bundles' vendored `common` works.
-MONAILABEL = [str(MONAILABEL_PYTHON), "-m", "monailabel.main"]
 SETUP_HINT = "create it with `make setup-monailabel` (or run `make test-integration`, which does)"
+APP = REPO_ROOT / "integrations" / "monailabel"
 
 BUNDLES = ("cohra_unet_brats", "mtcm_kd_t1ce_student", "refnet_synapse", "fct_visible_korean")
-TRAIN_BUNDLE = "fct_visible_korean"
-# What /info/ reports: MONAI Label takes the length of the first metadata input's spatial_shape. RefNet's own input
-# is an axial slice, so refnet_synapse reports 2 although it segments 3D CT volumes (its study is a 3D NIfTI).
-DIMENSION = {"cohra_unet_brats": 3, "mtcm_kd_t1ce_student": 3, "refnet_synapse": 2, "fct_visible_korean": 2}
+TRAINERS = ("cohra_unet_brats", "fct_visible_korean")
+#: a copy of a release whose common is another version: the server must leave it out
+MISMATCHED = "fct_visible_korean_other_common"
+DIMENSION = {"cohra_unet_brats": 3, "mtcm_kd_t1ce_student": 3, "refnet_synapse": 3, "fct_visible_korean": 2}
+ORGANS = ("spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
+          "inferior vena cava", "portal and splenic veins", "pancreas", "adrenal glands")  # fmt: skip
+LABELS = {
+    "cohra_unet_brats": {"necrotic tumour core": 1, "peritumoral edema": 2, "enhancing tumour": 4},
+    "mtcm_kd_t1ce_student": {"necrotic tumour core": 1, "peritumoral edema": 2, "enhancing tumour": 4},
+    "refnet_synapse": {name: value for value, name in enumerate(ORGANS, start=1)},
+    "fct_visible_korean": {"bone": 1, "muscle": 2},
+}
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+BRATS_CASES = 3
 SERVER_START_S = 180
 INFER_TIMEOUT_S = 240
-TRAIN_TIMEOUT_S = 300
-
-TORCHVISION_STANDIN = '''"""Stand-in for torchvision: see tests/integration/test_monailabel.py."""
-'''
-TORCHVISION_UTILS_STANDIN = '''"""monailabel imports these for pathology debug images only; no bundle calls them."""
-
-
-def make_grid(*args, **kwargs):
-    raise NotImplementedError("torchvision is not installed in .venv-monailabel (no CPU build for torch 2.13)")
-
-
-save_image = make_grid
-'''
+TRAIN_TIMEOUT_S = 420
+#: the longest /info/ may take while RefNet infers (it answered nothing until the inference ended before)
+INFO_WHILE_INFERRING_S = 5.0
+LARGE_CT_SHAPE = (128, 128, 48)
 
 
 @dataclass
@@ -139,17 +142,17 @@ def _save_random_weights(bundle_dir: Path) -> None:
         torch.save(base.state_dict(), Path(parser.get_parsed_content("base_ckpt")))
 
 
-def _install_bundles(app_dir: Path, work: Path, phantom_root: Path) -> None:
+def _install_bundles(bundles_dir: Path, work: Path) -> None:
+    """The release zips unpacked into ``bundles_dir``, shrunk, with random weights; plus :data:`MISMATCHED`."""
     dist = work / "dist"
     paths = [str(REPO_ROOT / "bundles" / name) for name in BUNDLES]
     subprocess.run([sys.executable, "-m", "ci.package_bundle", *paths, "--out", str(dist)], cwd=REPO_ROOT, check=True)
-    model_dir = app_dir / "model"
-    model_dir.mkdir(exist_ok=True)
+    bundles_dir.mkdir()
     for name in BUNDLES:
         (zip_path,) = dist.glob(f"{name}_v*.zip")
         with zipfile.ZipFile(zip_path) as archive:
-            archive.extractall(model_dir)
-        bundle_dir = model_dir / name
+            archive.extractall(bundles_dir)
+        bundle_dir = bundles_dir / name
         spec = zoo.load_json(REPO_ROOT / "bundles" / name / "configs" / "demo.json")
         # Small networks for 2 CPU cores. The demo's datalist is not MONAI Label's business, and the demo skips
         # RefNet's base model weights, which MONAI Label must load (common.engines.with_weights).
@@ -158,11 +161,15 @@ def _install_bundles(app_dir: Path, work: Path, phantom_root: Path) -> None:
             # 8 windows instead of 27 over the 64 x 64 x 48 phantom: this network is the slowest of the four on CPU.
             overlay["inferer#inferer#overlap"] = 0.0
         _write_config(bundle_dir / "configs" / "inference.json", overlay)
-        if name == TRAIN_BUNDLE:
-            # The demo's sizes; its datalist file is not used (MONAI Label sets train#dataset#data and validate#...).
-            train = {k: v for k, v in spec["train"].items() if k != "datalist_file"}
-            _write_config(bundle_dir / "configs" / "train.json", {**train, "num_workers": 0, "val_interval": 1})
+        if name in TRAINERS:
+            # The demo's sizes; its data files are not used (MONAI Label sets train#dataset#data and validate#...).
+            train = {k: v for k, v in spec["train"].items() if k not in ("datalist_file", "split_file", "dataset_dir")}
+            _write_config(bundle_dir / "configs" / "train.json", {**train, "num_workers": 0})
         _save_random_weights(bundle_dir)
+    other = bundles_dir / MISMATCHED
+    shutil.copytree(bundles_dir / "fct_visible_korean", other)
+    init = other / "common" / "__init__.py"
+    init.write_text(init.read_text().replace(f'__version__ = "{common.__version__}"', '__version__ = "0.0.1"'))
 
 
 def _phantoms(name: str, phantom_root: Path, work: Path) -> Path:
@@ -173,23 +180,22 @@ def _phantoms(name: str, phantom_root: Path, work: Path) -> Path:
     return dataset_dir
 
 
-def _brats_studies(studies: Path, phantom_root: Path, work: Path) -> list[Study]:
+def _brats_studies(studies: Path, phantom_root: Path, work: Path) -> Study:
+    """BraTS cases as the archives store them, four files each, flat in the studies folder as Slicer users keep
+    them; each label map saved against the case's FLAIR image. The first case's FLAIR is the study to infer."""
     dataset_dir = _phantoms("cohra_unet_brats", phantom_root, work)
-    case_dir = sorted(p for p in dataset_dir.iterdir() if p.is_dir())[0]
-    case = case_dir.name
-    volumes = [nib.load(case_dir / f"{case}_{m}.nii.gz") for m in BRATS_MODALITIES]
-    stacked = np.stack([np.asarray(v.dataobj, dtype=np.float32) for v in volumes], axis=-1)
-    four_channel = studies / f"{case}_4ch.nii.gz"
-    nib.save(nib.Nifti1Image(stacked, volumes[0].affine), four_channel)
-    t1ce = studies / f"{case}_t1ce.nii.gz"
-    shutil.copyfile(case_dir / f"{case}_t1ce.nii.gz", t1ce)
-    shape = tuple(int(s) for s in volumes[0].shape[:3])
-    # BraTS 2021 label convention: 0 background, 1 necrosis, 2 oedema, 4 enhancing tumour.
-    labels = {0, 1, 2, 4}
-    return [
-        Study(four_channel.name.removesuffix(".nii.gz"), four_channel, shape, labels),
-        Study(t1ce.name.removesuffix(".nii.gz"), t1ce, shape, labels),
-    ]
+    labels_dir = studies / "labels" / "final"
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    cases = sorted(p for p in dataset_dir.iterdir() if p.is_dir())[:BRATS_CASES]
+    for case_dir in cases:
+        for modality in BRATS_MODALITIES:
+            shutil.copyfile(
+                case_dir / f"{case_dir.name}_{modality}.nii.gz", studies / f"{case_dir.name}_{modality}.nii.gz"
+            )
+        shutil.copyfile(case_dir / f"{case_dir.name}_seg.nii.gz", labels_dir / f"{case_dir.name}_flair.nii.gz")
+    flair = studies / f"{cases[0].name}_flair.nii.gz"
+    shape = tuple(int(s) for s in nib.load(flair).shape[:3])
+    return Study(flair.name.removesuffix(".nii.gz"), flair, shape, {0, *BRATS_2021.label_values})
 
 
 def _ct_study(studies: Path, phantom_root: Path, work: Path) -> Study:
@@ -201,11 +207,23 @@ def _ct_study(studies: Path, phantom_root: Path, work: Path) -> Study:
     return Study(target.name.removesuffix(".nii.gz"), target, shape, set(range(13)))
 
 
+def _large_ct_study(studies: Path, small: Study) -> Study:
+    """The CT phantom enlarged to :data:`LARGE_CT_SHAPE` (nearest neighbour, same field of view), so that
+    RefNet's inference lasts long enough to ask the server something else meanwhile."""
+    image = nib.load(small.path)
+    factors = [n / s for n, s in zip(LARGE_CT_SHAPE, image.shape, strict=True)]
+    data = scipy.ndimage.zoom(np.asarray(image.dataobj), factors, order=0)
+    affine = image.affine @ np.diag([*(1 / f for f in factors), 1.0])
+    target = studies / "large_ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), target)
+    return Study("large_ct", target, LARGE_CT_SHAPE, set(range(13)))
+
+
 def _png_studies(studies: Path, phantom_root: Path, work: Path) -> list[Study]:
     prepared = work / "visible_korean"
     _, dataset_dir = prepare_demo_data(REPO_ROOT / "bundles" / "fct_visible_korean", phantom_root, prepared)
     labels_dir = studies / "labels" / "final"
-    labels_dir.mkdir(parents=True)
+    labels_dir.mkdir(parents=True, exist_ok=True)
     result = []
     for image in sorted((dataset_dir / "images").glob("*.png"))[:5]:
         shutil.copyfile(image, studies / image.name)
@@ -229,44 +247,32 @@ def _read_label_map(payload: bytes, work: Path, study: Study) -> np.ndarray:
 def server(tmp_path_factory, phantom_root):
     _require_venv()
     work = tmp_path_factory.mktemp("monailabel")
-    subprocess.run(
-        [*MONAILABEL, "apps", "--download", "--name", "monaibundle", "--output", str(work / "apps")],
-        check=True,
-        capture_output=True,
-    )
-    app_dir = work / "apps" / "monaibundle"
-    assert (app_dir / "main.py").is_file(), f"monailabel apps --download gave no monaibundle app in {work / 'apps'}"
-    _install_bundles(app_dir, work, phantom_root)
+    bundles_dir = work / "zoo"
+    _install_bundles(bundles_dir, work)
 
     studies = work / "studies"
     studies.mkdir()
-    brats_4ch, brats_t1ce = _brats_studies(studies, phantom_root, work)
+    brats = _brats_studies(studies, phantom_root, work)
     pngs = _png_studies(studies, phantom_root, work)
     study_of = {
-        "cohra_unet_brats": brats_4ch,
-        "mtcm_kd_t1ce_student": brats_t1ce,
+        "cohra_unet_brats": brats,
+        "mtcm_kd_t1ce_student": brats,
         "refnet_synapse": _ct_study(studies, phantom_root, work),
         "fct_visible_korean": pngs[0],
     }
+    study_of["refnet_synapse_large"] = _large_ct_study(studies, study_of["refnet_synapse"])
 
-    standin = work / "standin" / "torchvision"
-    standin.mkdir(parents=True)
-    (standin / "__init__.py").write_text(TORCHVISION_STANDIN)
-    (standin / "utils.py").write_text(TORCHVISION_UTILS_STANDIN)
+    # A user's shell with the environment on PATH; nothing of this test's own Python environment leaks in.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env["PYTHONPATH"] = str(standin.parent)
     env["PATH"] = f"{MONAILABEL_VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    env["MONAI_LABEL_DATASTORE_AUTO_RELOAD"] = "false"
-    env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
-    env["MONAI_LABEL_TRACKING_ENABLED"] = "false"
-    env["MONAI_LABEL_SESSION_PATH"] = str(work / "sessions")
+    env["MONAI_LABEL_SESSION_PATH"] = str(work / "sessions")  # not the user's home folder
     env["OMP_NUM_THREADS"] = "2"
 
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
-    cmd = [*MONAILABEL, "start_server", "--app", str(app_dir), "--studies", str(studies)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--conf", "models", ",".join(BUNDLES)]
-    cmd += ["--conf", "zoo_source", "local", "--conf", "sam2", "false", "--conf", "preload", "false"]
+    # The README's command.
+    cmd = [str(MONAILABEL_VENV / "bin" / "monailabel"), "start_server", "--app", str(APP), "--studies", str(studies)]
+    cmd += ["--conf", "bundles", str(bundles_dir), "--host", "127.0.0.1", "--port", str(port)]
     log_path = work / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -284,7 +290,14 @@ def server(tmp_path_factory, phantom_root):
             time.sleep(1)
         if info is None:
             pytest.fail(f"MONAI Label did not serve /info/ within {SERVER_START_S} s:\n{_tail(log_path)}")
-        yield {"app": app_dir, "url": base_url, "info": info, "studies": study_of, "work": work, "log": log_path}
+        yield {
+            "bundles": bundles_dir,
+            "url": base_url,
+            "info": info,
+            "studies": study_of,
+            "work": work,
+            "log": log_path,
+        }
     finally:
         process.terminate()
         try:
@@ -292,18 +305,25 @@ def server(tmp_path_factory, phantom_root):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        shutil.rmtree(APP / "__pycache__", ignore_errors=True)
 
 
 def _tail(log_path: Path, chars: int = 6000) -> str:
     return log_path.read_text(errors="replace")[-chars:]
 
 
-def test_info_lists_every_bundle_for_inference(server):
+def test_info_names_the_returned_labels_and_the_image_dimension(server):
     models = server["info"]["models"]
+    assert sorted(models) == sorted(BUNDLES), f"/info/ models {sorted(models)}:\n{_tail(server['log'])}"
     for name in BUNDLES:
-        assert name in models, f"/info/ lists no model '{name}' (models: {sorted(models)}):\n{_tail(server['log'])}"
+        assert models[name]["labels"] == LABELS[name], f"{name}: /info/ labels {models[name]['labels']}"
         assert models[name]["dimension"] == DIMENSION[name], f"{name}: dimension {models[name]['dimension']}"
-    assert TRAIN_BUNDLE in server["info"]["trainers"], f"/info/ lists no trainer '{TRAIN_BUNDLE}'"
+
+
+def test_a_bundle_released_with_another_common_is_refused(server):
+    assert MISMATCHED not in server["info"]["models"]
+    lines = [line for line in _tail(server["log"], 10**6).splitlines() if "error:" in line and MISMATCHED in line]
+    assert lines and "ships common 0.0.1" in lines[0], f"no error line for {MISMATCHED}:\n{_tail(server['log'])}"
 
 
 @pytest.mark.parametrize("name", BUNDLES)
@@ -315,15 +335,57 @@ def test_infer_returns_a_label_map_on_the_image_grid(server, name):
     label_map = _read_label_map(payload, server["work"], study)
     assert label_map.shape == study.spatial_shape, f"{name}: label map {label_map.shape}, image {study.spatial_shape}"
     values = {int(v) for v in np.unique(label_map)}
-    assert values <= study.labels, f"{name}: label values {sorted(values)} outside {sorted(study.labels)}"
+    named = {0, *LABELS[name].values()}
+    assert values <= named, f"{name}: label values {sorted(values)}, /info/ names {sorted(named)}"
 
 
-def test_train_one_epoch_starts_and_finishes(server):
-    weights = server["app"] / "model" / TRAIN_BUNDLE / "models" / "model.pt"
+def test_brats_bundles_read_the_modalities_they_need_from_the_case_files(server):
+    log = _tail(server["log"], 10**6)
+    case = server["studies"]["cohra_unet_brats"].image_id.removesuffix("_flair")
+    four = [f"{case}_{m}.nii.gz" for m in BRATS_MODALITIES]
+    assert f"reading {four}" in log, f"cohra_unet_brats did not read the four files of {case}:\n{_tail(server['log'])}"
+    assert f"reading {[f'{case}_t1ce.nii.gz']}" in log, "mtcm_kd_t1ce_student did not read the case's T1ce"
+
+
+def test_info_answers_while_refnet_infers(server):
+    study: Study = server["studies"]["refnet_synapse_large"]
+    url = f"{server['url']}/infer/refnet_synapse?image={study.image_id}&output=image"
+    answer = {}
+    request = threading.Thread(target=lambda: answer.update(result=_http("POST", url, {"device": "cpu"}, 600)))
+    started = time.monotonic()
+    request.start()
+    waits = []
+    while request.is_alive():
+        asked = time.monotonic()
+        status, _, _ = _http("GET", f"{server['url']}/info/", timeout=600)
+        if request.is_alive():  # answered while the inference still ran
+            waits.append(time.monotonic() - asked)
+        assert status == 200
+        time.sleep(0.5)
+    request.join()
+    took = time.monotonic() - started
+    assert answer["result"][0] == 200, f"/infer/refnet_synapse answered {answer['result'][0]}"
+    assert took > 5 * INFO_WHILE_INFERRING_S, f"the inference took {took:.1f} s: too short to show anything"
+    assert waits, f"/info/ answered nothing during the {took:.0f} s of inference"
+    assert max(waits) < INFO_WHILE_INFERRING_S, f"/info/ took up to {max(waits):.1f} s while RefNet inferred: {waits}"
+
+
+def test_trainers_are_the_bundles_that_can_train_on_studies(server):
+    assert sorted(server["info"]["trainers"]) == sorted(TRAINERS)
+    log = _tail(server["log"], 10**6)
+    for name in set(BUNDLES) - set(TRAINERS):
+        assert re.search(rf"{name} is not offered for training here: .+", log), f"no reason given for {name}"
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_one_epoch_validates_saves_the_model_and_reports_stats(server, name):
+    models = server["bundles"] / name / "models"
+    weights = models / "model.pt"
     before = weights.stat().st_mtime_ns
+    # fewer epochs than the bundle's validation interval, from the weights the server started with
     body = {"max_epochs": 1, "val_split": 0.4, "device": "cpu", "multi_gpu": False, "pretrained": True}
-    status, payload, _ = _http("POST", f"{server['url']}/train/{TRAIN_BUNDLE}", body=body)
-    assert status == 200, f"/train/{TRAIN_BUNDLE} answered {status}: {payload[:2000]!r}"
+    status, payload, _ = _http("POST", f"{server['url']}/train/{name}", body=body)
+    assert status == 200, f"/train/{name} answered {status}: {payload[:2000]!r}"
     deadline = time.monotonic() + TRAIN_TIMEOUT_S
     task = {}
     while time.monotonic() < deadline:
@@ -333,5 +395,9 @@ def test_train_one_epoch_starts_and_finishes(server):
             break
         time.sleep(2)
     assert task.get("status") == "DONE", f"training ended as {task.get('status')}: {task}\n{_tail(server['log'])}"
-    # The validation after the epoch saves the best model over the random-init weights the server started with.
     assert weights.stat().st_mtime_ns > before, f"training finished but did not save {weights}"
+    held = sorted(p.name for p in models.iterdir())
+    assert held == ["model.pt"], f"{models} holds {held}: epoch checkpoints belong elsewhere"
+    status, payload, _ = _http("GET", f"{server['url']}/info/")
+    stats = json.loads(payload)["train_stats"][name]
+    assert stats["epochs"] == 1 and stats["best_metric_epoch"] == 1, stats

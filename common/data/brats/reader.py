@@ -56,6 +56,7 @@ __all__ = [
     "BratsDataError",
     "BratsFileNotFoundError",
     "brats_datalist",
+    "case_files",
     "case_name_formatter",
     "convention_for_et_label",
     "detect_convention",
@@ -103,6 +104,7 @@ class BratsConvention:
         modality_suffixes: ``(canonical modality, file suffix)`` pairs, canonical names in the 2021 vocabulary.
         label_suffix: file suffix of the segmentation.
         et_label: label value of the enhancing tumour (4 up to BraTS 2022, 3 from BraTS 2023 on).
+        label_names: names of the labels 1, 2 and ``et_label``, as the challenge of that year names its classes.
     """
 
     name: str
@@ -112,6 +114,7 @@ class BratsConvention:
     modality_suffixes: tuple[tuple[str, str], ...]
     label_suffix: str
     et_label: int
+    label_names: tuple[str, str, str]
 
     @property
     def suffixes(self) -> dict[str, str]:
@@ -122,6 +125,11 @@ class BratsConvention:
     def label_values(self) -> tuple[int, ...]:
         """The values a label map of this convention may hold: background, NCR, ED, ET."""
         return (0, 1, 2, self.et_label)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Label name -> value of every tumour label (background excluded), in the order of the values."""
+        return dict(zip(self.label_names, self.label_values[1:], strict=True))
 
     def file_name(self, case: str, suffix: str, ext: str = ".nii.gz") -> str:
         """File name of ``suffix`` (a file suffix such as ``"t2f"`` or ``"seg"``) in the folder of ``case``."""
@@ -148,6 +156,7 @@ BRATS_2021 = BratsConvention(
     modality_suffixes=(("t1", "t1"), ("t1ce", "t1ce"), ("t2", "t2"), ("flair", "flair")),
     label_suffix="seg",
     et_label=4,
+    label_names=("necrotic tumour core", "peritumoral edema", "enhancing tumour"),
 )
 BRATS_2023 = BratsConvention(
     name="brats2023",
@@ -157,6 +166,7 @@ BRATS_2023 = BratsConvention(
     modality_suffixes=(("t1", "t1n"), ("t1ce", "t1c"), ("t2", "t2w"), ("flair", "t2f")),
     label_suffix="seg",
     et_label=3,
+    label_names=("non-enhancing tumour core", "surrounding FLAIR hyperintensity", "enhancing tumour"),
 )
 BRATS_CONVENTIONS: dict[str, BratsConvention] = {c.name: c for c in (BRATS_2021, BRATS_2023)}
 
@@ -307,6 +317,44 @@ def inference_convention(
     if dataset_dir and os.path.isdir(dataset_dir):
         return detect_convention(dataset_dir)
     return BRATS_2021
+
+
+def case_files(image: str | os.PathLike, modalities: Sequence[str] = DEFAULT_MODALITIES) -> list[Path]:
+    """The files of ``modalities``, in that order, of the BraTS case that the image file ``image`` belongs to.
+
+    A viewer such as 3D Slicer opens one modality of a case at a time; a multimodal model needs all of them. The
+    case is read from the file name in either convention (``BraTS2021_00000_flair.nii.gz``,
+    ``BraTS-GLI-00000-000-t2f.nii.gz``; any modality of the case will do) and its other modalities are looked up
+    next to it, as the BraTS archives store them.
+
+    Raises:
+        BratsDataError: ``image`` is not named like a BraTS image.
+        BratsFileNotFoundError: a modality of that case is not in the same folder.
+    """
+    path = Path(image)
+    for convention in BRATS_CONVENTIONS.values():
+        for _, suffix in convention.modality_suffixes:
+            for ext in _IMAGE_EXTENSIONS:
+                ending = f"{convention.separator}{suffix}{ext}"
+                if path.name.endswith(ending) and len(path.name) > len(ending):
+                    case = path.name[: -len(ending)]
+                    return [_sibling(path, convention, case, m) for m in _canonical_modalities(modalities)]
+    raise BratsDataError(
+        f"'{path}' is not named like one modality of a BraTS case; expected '{BRATS_2021.pattern()}' or "
+        f"'{BRATS_2023.pattern()}' (any one of the modality files)."
+    )
+
+
+def _sibling(path: Path, convention: BratsConvention, case: str, modality: str) -> Path:
+    suffix = convention.suffixes[modality]
+    for ext in _IMAGE_EXTENSIONS:
+        candidate = path.with_name(convention.file_name(case, suffix, ext))
+        if candidate.is_file():
+            return candidate
+    raise BratsFileNotFoundError(
+        f"'{path.parent / convention.file_name(case, suffix)}' does not exist: the {modality} image of case "
+        f"'{case}' is expected next to '{path.name}'."
+    )
 
 
 def convention_for_et_label(et_label: int) -> BratsConvention:

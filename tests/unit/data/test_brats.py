@@ -30,6 +30,7 @@ from common.data.brats import (
     ConvertBratsLabelsd,
     RegionsToBratsLabelsd,
     brats_datalist,
+    case_files,
     check_brats_labels,
     convention_for_et_label,
     convert_brats_labels,
@@ -403,6 +404,34 @@ def test_inference_convention_from_a_lone_file_or_the_dataset_folder(tree2023: P
     assert inference_convention(tree2023) is BRATS_2023
     assert inference_convention(tmp_path / "nowhere") is BRATS_2021  # MONAI Label passes no dataset folder
     assert inference_convention("") is BRATS_2021
+
+
+def test_case_files_from_any_one_modality_in_the_model_order(tree2021: Path, tree2023: Path) -> None:
+    for tree, conv in ((tree2021, BRATS_2021), (tree2023, BRATS_2023)):
+        case = case_name(conv, 1)
+        folder = tree / case
+        for _, suffix in conv.modality_suffixes:
+            expected = [folder / conv.file_name(case, conv.suffixes[m]) for m in ("t1", "t1ce", "t2", "flair")]
+            assert case_files(folder / conv.file_name(case, suffix)) == expected
+        assert case_files(folder / conv.file_name(case, conv.suffixes["flair"]), ["t1ce"]) == [
+            folder / conv.file_name(case, conv.suffixes["t1ce"])
+        ]
+
+
+def test_case_files_names_what_is_missing_or_misnamed(tmp_path: Path) -> None:
+    write_case(tmp_path, BRATS_2021, "BraTS2021_00007", skip=("t2",))
+    flair = tmp_path / "BraTS2021_00007" / "BraTS2021_00007_flair.nii.gz"
+    with pytest.raises(BratsFileNotFoundError, match=r"BraTS2021_00007_t2\.nii\.gz' does not exist: the t2 image"):
+        case_files(flair)
+    with pytest.raises(BratsDataError, match="is not named like one modality of a BraTS case"):
+        case_files(tmp_path / "stacked_4ch.nii.gz")
+    with pytest.raises(BratsDataError, match="is not named like"):
+        case_files(tmp_path / "_flair.nii.gz")  # a suffix alone names no case
+
+
+def test_label_names_per_convention() -> None:
+    assert BRATS_2021.labels == {"necrotic tumour core": 1, "peritumoral edema": 2, "enhancing tumour": 4}
+    assert list(BRATS_2023.labels.values()) == [1, 2, 3]
 
 
 def test_convention_for_et_label() -> None:
