@@ -305,7 +305,6 @@ def server(tmp_path_factory, phantom_root):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        shutil.rmtree(APP / "__pycache__", ignore_errors=True)
 
 
 def _tail(log_path: Path, chars: int = 6000) -> str:
