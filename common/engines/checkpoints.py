@@ -443,7 +443,7 @@ def with_weights(
     """``network`` with the weights at ``path`` loaded (a state dict or MONAI's ``{"model": ...}``), or unchanged
     when ``path`` is None; for configs that build a network with its weights (a base model, an ensemble member).
 
-    RefNet's base model is loaded this way where it is built because MONAI Label's ``monaibundle`` app instantiates
+    RefNet's base model is loaded this way where it is built because MONAI Label's bundle inference instantiates
     the ``inferer`` but never runs ``initialize`` (where the bundle's checkpoint loaders are).
     """
     if path is not None:
