@@ -24,8 +24,8 @@ test: setup
 test-integration: setup
 	$(PY) -m pytest -m integration
 
-# The MONAI Deploy App SDK in an environment of its own (requirements-deploy.txt says why), for
-# tests/integration/test_deploy.py; rebuilt only when a requirements file changes.
+# The MONAI Deploy App SDK in an environment of its own (requirements-deploy.txt says why), for the zoo's Deploy
+# app, integrations/deploy/app.py, and tests/integration/test_deploy.py; rebuilt only when a requirements file changes.
 DEPLOY_VENV := .venv-deploy
 DEPLOY_STAMP := $(DEPLOY_VENV)/.requirements-installed
 .PHONY: deploy-env
