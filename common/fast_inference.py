@@ -26,6 +26,11 @@ overlap and blending, same network and weights):
 * **float32 outputs**: each window's logits are cast back to float32 before the sliding window blends them, so the
   Gaussian-weighted sum and the thresholds/argmax of postprocessing see full precision.
 
+With ``progress`` (independent of ``enabled``) it shows a bar over the windows of a sliding window, cleared after
+each pass; :mod:`common.progress` decides where bars are shown. MONAI's own ``SlidingWindowInferer(progress=True)`` is
+not used for it: its bar counts window batches, stays on screen after every pass (one line per case and per TTA
+mirroring) and does not know the zoo's quiet rules.
+
 What it buys, with the label maps of both paths compared on phantom-trained weights, is in ``make bench``
 (``bench/inference.py``) and in each bundle README's Performance section. Not used: ``torch.compile`` (needs a
 C++ toolchain and recompiles per input shape) and ONNX Runtime (an fp32 path for 3D convolutions on CPU), and more
@@ -39,11 +44,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from monai.inferers import Inferer
+from monai.data.utils import dense_patch_slices
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from monai.utils import ensure_tuple_rep, fall_back_tuple
 
 from common.allocator import retain_freed_memory
+from common.progress import progress_bar, progress_enabled
 
-__all__ = ["FastInferer", "bf16_supported", "channels_last_format"]
+__all__ = ["FastInferer", "bf16_supported", "channels_last_format", "sliding_window_count"]
 
 
 def bf16_supported(device: torch.device | str) -> bool:
@@ -62,6 +70,37 @@ def bf16_supported(device: torch.device | str) -> bool:
 def channels_last_format(ndim: int) -> torch.memory_format | None:
     """The channels-last memory format for a batched tensor of ``ndim`` dimensions (4: 2D images, 5: 3D volumes)."""
     return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim)
+
+
+def sliding_window_count(inferer: SlidingWindowInferer, inputs: torch.Tensor) -> int:
+    """The number of windows ``inferer`` passes through the network for the batch ``inputs`` ``(B, C, *spatial)``:
+    MONAI's own window grid (``dense_patch_slices`` with the inferer's overlap), times the batch size."""
+    from monai.inferers.utils import _get_scan_interval  # the interval MONAI's sliding window uses
+
+    spatial = tuple(inputs.shape[2:])
+    if isinstance(inferer, SliceInferer):  # a 2D window per slice along spatial_dim
+        roi = list(ensure_tuple_rep(inferer.orig_roi_size, 2))
+        roi.insert(inferer.spatial_dim, 1)
+    else:
+        roi = inferer.roi_size
+    roi = fall_back_tuple(roi, spatial)
+    image_size = tuple(max(s, r) for s, r in zip(spatial, roi, strict=True))
+    overlap = ensure_tuple_rep(inferer.overlap, len(spatial))
+    scan_interval = _get_scan_interval(image_size, roi, len(spatial), overlap)
+    return len(dense_patch_slices(image_size, roi, scan_interval)) * int(inputs.shape[0])
+
+
+class _CountWindows:
+    """Calls ``network`` and advances ``bar`` by the windows of each call (the first dimension of its input)."""
+
+    def __init__(self, network: Callable[..., Any], bar: Any) -> None:
+        self.network = network
+        self.bar = bar
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        out = self.network(x, *args, **kwargs)
+        self.bar.update(int(x.shape[0]))
+        return out
 
 
 class _FastForward:
@@ -114,6 +153,8 @@ class FastInferer(Inferer):
             passes at once, in place of its own ``sw_batch_size``; ``None`` keeps the inferer's. For 3D windows 1
             is fastest on CPU (a Swin UNETR 96^3 window takes about twice as long each when four run at once);
             2D slices gain a little from batches (RefNet: 16 at a time about 10 % faster a volume).
+        progress: show a bar over the windows when ``inferer`` is a ``SlidingWindowInferer`` (``SliceInferer``
+            included), cleared after each pass; shown only where :func:`common.progress.progress_enabled` allows.
 
     ``inputs`` is a batch ``(B, C, *spatial)`` on any device; the autocast device type is taken from it, so the
     same config runs on CUDA (bf16 there too on Ampere and newer) and on CPU. Outputs are float32 and are not
@@ -129,6 +170,7 @@ class FastInferer(Inferer):
         inference_mode: bool = True,
         retain_memory: bool = True,
         cpu_sw_batch_size: int | None = None,
+        progress: bool = False,
     ) -> None:
         super().__init__()
         if not callable(inferer):
@@ -142,8 +184,25 @@ class FastInferer(Inferer):
         if cpu_sw_batch_size is not None and int(cpu_sw_batch_size) < 1:
             raise ValueError(f"FastInferer: cpu_sw_batch_size must be >= 1 or None, got {cpu_sw_batch_size}.")
         self.cpu_sw_batch_size = None if cpu_sw_batch_size is None else int(cpu_sw_batch_size)
+        self.progress = bool(progress)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with self._window_bar(inputs) as bar:
+            if not bar.disable:
+                network = _CountWindows(network, bar)
+            return self._run(inputs, network, *args, **kwargs)
+
+    def _window_bar(self, inputs: Any) -> Any:
+        shown = (
+            self.progress
+            and isinstance(self.inferer, SlidingWindowInferer)
+            and isinstance(inputs, torch.Tensor)
+            and progress_enabled()
+        )
+        total = sliding_window_count(self.inferer, inputs) if shown else None
+        return progress_bar(total=total, desc="windows", unit="window", enabled=shown)
+
+    def _run(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self.enabled:
             return self.inferer(inputs, network, *args, **kwargs)
         device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
@@ -165,5 +224,6 @@ class FastInferer(Inferer):
         return (
             f"FastInferer({self.inferer!r}, enabled={self.enabled}, bf16={self.bf16}, "
             f"channels_last={self.channels_last}, inference_mode={self.inference_mode}, "
-            f"retain_memory={self.retain_memory}, cpu_sw_batch_size={self.cpu_sw_batch_size})"
+            f"retain_memory={self.retain_memory}, cpu_sw_batch_size={self.cpu_sw_batch_size}, "
+            f"progress={self.progress})"
         )

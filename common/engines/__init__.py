@@ -13,13 +13,16 @@ from .checkpoints import (
     with_best_metric,
     with_weights,
 )
+from .progress import CaseProgressBar, EpochETALogger
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "CaseProgressBar",
     "CheckpointError",
     "CheckpointLoader",
     "CheckpointNotFoundError",
     "CheckpointSaveError",
+    "EpochETALogger",
     "latest_checkpoint",
     "load_checkpoint",
     "missing_weights_help",

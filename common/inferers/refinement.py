@@ -21,6 +21,7 @@ from monai.inferers import Inferer
 from monai.transforms import Spacing, SpatialResample
 from monai.utils import convert_to_dst_type
 
+from common.progress import progress_bar
 from common.transforms.refinement import RefNetInputd
 
 __all__ = ["OUTPUTS", "BaseThenRefineInferer"]
@@ -81,6 +82,9 @@ class BaseThenRefineInferer(Inferer):
             the logits, taken slab by slab).
         slab_size: axial slices per slab; memory beyond the whole-volume tensors grows with it, speed hardly does
             (a multiple of the ``SliceInferer``'s ``sw_batch_size`` keeps its batches full).
+        progress: show a bar over the slabs of each item, cleared when it is done (the base stage shows its own,
+            e.g. :class:`common.fast_inference.FastInferer`'s); shown only where
+            :func:`common.progress.progress_enabled` allows.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class BaseThenRefineInferer(Inferer):
         network_input: RefNetInputd | None = None,
         output: str = "logits",
         slab_size: int = 16,
+        progress: bool = False,
     ) -> None:
         super().__init__()
         if output not in OUTPUTS:
@@ -105,6 +110,7 @@ class BaseThenRefineInferer(Inferer):
         self.network_input = RefNetInputd() if network_input is None else network_input
         self.output = output
         self.slab_size = int(slab_size)
+        self.progress = bool(progress)
 
     def base_probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """``(1, H, W, D)`` CT (``MetaTensor`` with its affine) -> ``(C, h, w, d)`` base probabilities on the base
@@ -141,17 +147,19 @@ class BaseThenRefineInferer(Inferer):
         # RefNet's input at a slice also holds num_neighbours CT slices on each side (image-aware RefNet)
         halo = self.network_input.num_neighbours if self.network_input.use_image else 0
         out = None
-        for start in range(0, depth, self.slab_size):
-            stop = min(start + self.slab_size, depth)
-            low, high = max(start - halo, 0), min(stop + halo, depth)
-            x = self._input(image, probabilities, low, high)[..., start - low : stop - low]
-            result = _plain(self.refine_inferer(x[None], network, *args, **kwargs))[0]
-            del x
-            if self.output == "labels":
-                result = result.argmax(0, keepdim=True).to(_label_dtype(result.shape[0]))
-            if out is None:
-                out = torch.empty((result.shape[0], *image.shape[1:]), dtype=result.dtype, device=result.device)
-            out[..., start:stop] = result
+        starts = range(0, depth, self.slab_size)
+        with progress_bar(starts, desc="RefNet slabs", unit="slab", enabled=self.progress) as slabs:
+            for start in slabs:
+                stop = min(start + self.slab_size, depth)
+                low, high = max(start - halo, 0), min(stop + halo, depth)
+                x = self._input(image, probabilities, low, high)[..., start - low : stop - low]
+                result = _plain(self.refine_inferer(x[None], network, *args, **kwargs))[0]
+                del x
+                if self.output == "labels":
+                    result = result.argmax(0, keepdim=True).to(_label_dtype(result.shape[0]))
+                if out is None:
+                    out = torch.empty((result.shape[0], *image.shape[1:]), dtype=result.dtype, device=result.device)
+                out[..., start:stop] = result
         return out
 
     def refnet_input(self, image: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:

@@ -5,6 +5,9 @@ Examples::
     python -m common.synthetic brats --out data/brats --cases 10 --convention 2021
     python -m common.synthetic btcv --out data/btcv --cases 4 --size 128 128 48
     python -m common.synthetic visible_korean --out data/vk --cases 10 --size 1216 2048
+
+Progress: a bar over the cases on a terminal (none under ``CI=true``, :mod:`common.progress`), one line per case
+otherwise; ``--quiet`` prints neither.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--seed", type=_non_negative, default=0, help="base seed (default 0)")
         p.add_argument("--workers", type=_positive, default=None, help="processes (default: all CPUs)")
-        p.add_argument("--quiet", action="store_true", help="no progress output")
+        p.add_argument("--quiet", action="store_true", help="no progress bar, no per-case lines")
 
     p = sub.add_parser("brats", help="BraTS multimodal MRI case folders")
     common(p, 10, (240, 240, 155), "X Y Z, 1 mm voxels")

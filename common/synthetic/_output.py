@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from common.io import atomic_write_json
+from common.progress import progress_bar
 
 __all__ = [
     "MANIFEST_NAME",
@@ -119,7 +120,8 @@ def generate_dataset(
         workers: processes for the cases; ``None`` means ``os.cpu_count()``, ``1`` runs in this process.
         shared_files: optional callable that writes files common to all cases (e.g. a colour table) and returns
             their relative paths; it runs in this process before the cases.
-        verbose: print one line per case.
+        verbose: show progress: a bar over the cases where :func:`common.progress.progress_enabled` allows (a
+            terminal, not CI), else one line per case on stdout; and a summary line.
 
     Returns:
         The case ids, in job order.
@@ -145,11 +147,16 @@ def generate_dataset(
     else:
         pool = multiprocessing.get_context().Pool(workers)
         results = pool.imap(write_case, payloads)
+    name = generator.rsplit(".", 1)[-1]
+    bar = progress_bar(total=len(jobs), desc=f"{name} phantoms", unit="case", enabled=verbose, leave=True)
     try:
-        for i, (case_id, written) in enumerate(zip(case_ids, results, strict=True)):
-            files.extend(written)
-            if verbose:
-                print(f"{generator}: [{i + 1}/{len(jobs)}] {case_id}", flush=True)
+        with bar:  # closed before an error propagates
+            for i, (case_id, written) in enumerate(zip(case_ids, results, strict=True)):
+                files.extend(written)
+                bar.set_postfix_str(case_id, refresh=False)
+                bar.update(1)
+                if verbose and bar.disable:
+                    print(f"{generator}: [{i + 1}/{len(jobs)}] {case_id}", flush=True)
     except BaseException:
         if pool is not None:
             pool.terminate()
