@@ -274,3 +274,96 @@ def test_model_complexity_counts_attention_once() -> None:
     bmm = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "bmm" in str(op))
     assert bmm == stats["attention_flops"]
     assert counter.get_total_flops() == stats["flops"]
+
+
+# Wide enough for weight statistics: every kernel but the 1x1 logits (48 weights) has at least 144 weights.
+WIDE = dict(filters=(16, 32, 32, 32, 64, 32, 32, 32, 16), heads=(2, 3) * 4 + (2,), wide_focus_dilations=(1, 2))
+
+
+def _fans(conv: nn.Conv2d) -> tuple[int, int]:
+    receptive = conv.weight[0, 0].numel()
+    return conv.weight.shape[1] * receptive, conv.weight.shape[0] * receptive
+
+
+def _assert_he_normal(name: str, conv: nn.Conv2d) -> None:
+    # Keras he_normal: truncated at 2 sigma of the drawing std, whose truncation keeps the variance at 2 / fan_in.
+    std = (2.0 / _fans(conv)[0]) ** 0.5
+    w = conv.weight.detach()
+    assert abs(w.std().item() / std - 1) < 0.15, f"{name}: std {w.std().item():.4f}, he_normal {std:.4f}"
+    assert w.abs().max().item() <= 2 * std / 0.87962566103423978 + 1e-6, f"{name}: not truncated at 2 sigma"
+
+
+def _assert_uniform(name: str, weight: torch.Tensor, bound: float) -> None:
+    w = weight.detach()
+    assert w.abs().max().item() <= bound + 1e-6, f"{name}: exceeds the glorot bound {bound:.4f}"
+    assert abs(w.std().item() / (bound / 3**0.5) - 1) < 0.15, f"{name}: std {w.std().item():.4f}, bound {bound:.4f}"
+
+
+def test_initialisation_follows_the_keras_defaults_of_the_tf_code() -> None:
+    # PyTorch's defaults (kaiming_uniform with a=sqrt(5)) are 2.4x narrower than he_normal for the block convs; at init
+    # the logits of the paper preset would be ~10x smaller than with the TF code's initialisation.
+    torch.manual_seed(0)
+    net = FCT(in_channels=3, out_channels=3, **WIDE)
+    he_modules = {id(m) for b in [*net.encoder, net.bottleneck, *net.decoder] for m in b.convs.modules()}
+    he_modules |= {id(m) for b in net.decoder for m in b.up_conv.modules()}
+    he_modules |= {id(m) for h in [net.head, *net.deep_supervision_heads] for m in h.convs.modules()}
+    counts = {"he_normal": 0, "glorot_uniform": 0, "einsum": 0}
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+            assert torch.count_nonzero(module.bias) == 0, f"{name}: Keras biases start at zero"
+        if isinstance(module, nn.Conv2d) and id(module) in he_modules:
+            _assert_he_normal(name, module)  # block, up-sampling and output-head convs: kernel_initializer="he_normal"
+            counts["he_normal"] += 1
+        elif isinstance(module, nn.Conv2d):
+            # everything else, the depthwise projections and the 1x1 logits included, keeps Keras' glorot_uniform
+            _assert_uniform(name, module.weight, (6.0 / sum(_fans(module))) ** 0.5)
+            counts["glorot_uniform"] += 1
+        elif isinstance(module, ConvAttention):
+            # Keras computes the glorot fans of the einsum kernels (C, heads, C) and (heads, C, C) like a conv's.
+            channels, heads = module.channels, module.heads
+            for dense in (module.query, module.key, module.value):
+                _assert_uniform(name, dense.weight, (6.0 / (heads * channels + channels**2)) ** 0.5)
+            _assert_uniform(name + ".out", module.out.weight, (6.0 / (2 * heads * channels)) ** 0.5)
+            counts["einsum"] += 1
+    # he_normal: 9 blocks x 2 convs + 4 up-convs + 3 heads x 2 convs; glorot: 9 layers x (3 depthwise + attention
+    # conv + 3 Wide-Focus convs) + 3 pyramid convs + 3 logits convs.
+    assert counts == {"he_normal": 28, "glorot_uniform": 69, "einsum": 9}
+
+
+def test_first_norm_standardises_each_image_over_all_channels_and_pixels() -> None:
+    # The TF code's LayerNormalization on inputs[..., -1] normalised each image row of the last channel; ours is a
+    # per-image GroupNorm(1, C) (documented): one mean and variance per image, all channels feed block 1.
+    torch.manual_seed(0)
+    net = FCT(in_channels=3, out_channels=3, **TINY)
+    first_norm = net.encoder[0].norm
+    assert isinstance(first_norm, nn.GroupNorm) and first_norm.num_groups == 1 and first_norm.eps == 1e-5
+    x = torch.rand(2, 3, 16, 8) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1) + torch.tensor([[[[0.0]]], [[[3.0]]]])
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    var = x.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + 1e-5)
+    torch.testing.assert_close(first_norm(x), expected, rtol=1e-5, atol=1e-5)
+    # Per row (the TF axes) would make every row zero-mean; ours keeps the rows' relative brightness.
+    assert first_norm(x).mean(dim=(1, 3)).abs().max() > 0.1
+
+
+def test_layer_norm_epsilons_match_keras() -> None:
+    # Keras LayerNormalization() defaults to epsilon=1e-3 (the Q/K/V projections); the TF code passes 1e-5 elsewhere.
+    net = FCT(in_channels=3, out_channels=3, **TINY)
+    projection_norms = {id(m.norm) for m in net.modules() if isinstance(m, DepthwiseProjection)}
+    norms = [m for m in net.modules() if isinstance(m, ChannelLayerNorm)]
+    assert len(projection_norms) == 3 * 9
+    for norm in norms:
+        assert norm.eps == (1e-3 if id(norm) in projection_norms else 1e-5)
+    # 8 block norms, 9 FCT-layer norms, 3 output-head norms, 27 projection norms
+    assert len(norms) == 8 + 9 + 3 + 27
+
+
+def test_dropout_sits_where_the_tf_code_puts_it() -> None:
+    # Dropout 0.3 after every block's two convolutions, 0.1 after every Wide-Focus convolution, nowhere else (the TF
+    # attention-output dropout and stochastic depth are configured at 0).
+    net = FCT(in_channels=3, out_channels=3, **TINY)
+    rates = sorted(m.p for m in net.modules() if isinstance(m, nn.Dropout))
+    wide_focus_convs = len(TINY["wide_focus_dilations"]) + 1
+    assert rates == [0.1] * (9 * wide_focus_convs) + [0.3] * 9
+    for block in [*net.encoder, net.bottleneck, *net.decoder]:
+        assert isinstance(block.convs[-1], nn.Dropout) and block.convs[-1].p == 0.3
