@@ -21,8 +21,9 @@ from pathlib import Path
 
 from bench.harness import Context, machine_info, set_threads, summarise
 
-MODULES = ("bench.inference", "bench.training", "bench.fct_comparison")
-#: What ``make bench`` runs within its 20 minutes; ``--full`` (``make bench-full``) runs every module.
+MODULES = ("bench.inference", "bench.training", "bench.fct_comparison", "bench.monailabel")
+#: What ``make bench`` runs within its 20 minutes; ``--full`` (``make bench-full``) runs every module, including
+#: ``bench.monailabel`` (one RefNet request through the MONAI Label server on a 512 x 512 x 100 CT).
 DEFAULT_MODULES = ("bench.inference", "bench.training")
 
 
