@@ -81,7 +81,7 @@ INFER_TIMEOUT_S = 240
 TRAIN_TIMEOUT_S = 420
 #: the longest /info/ may take while RefNet infers (it answered nothing until the inference ended before)
 INFO_WHILE_INFERRING_S = 5.0
-LARGE_CT_SHAPE = (128, 128, 48)
+LARGE_CT_SHAPE = (160, 160, 64)
 
 
 @dataclass
@@ -364,8 +364,9 @@ def test_info_answers_while_refnet_infers(server):
     request.join()
     took = time.monotonic() - started
     assert answer["result"][0] == 200, f"/infer/refnet_synapse answered {answer['result'][0]}"
-    assert took > 5 * INFO_WHILE_INFERRING_S, f"the inference took {took:.1f} s: too short to show anything"
-    assert waits, f"/info/ answered nothing during the {took:.0f} s of inference"
+    # a blocked server would answer the first /info/ only when the inference ends, after more than the limit
+    assert took > 2 * INFO_WHILE_INFERRING_S, f"the inference took {took:.1f} s: too short to show anything"
+    assert len(waits) >= 3, f"/info/ answered {len(waits)} times during the {took:.0f} s of inference"
     assert max(waits) < INFO_WHILE_INFERRING_S, f"/info/ took up to {max(waits):.1f} s while RefNet inferred: {waits}"
 
 

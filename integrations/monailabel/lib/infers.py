@@ -35,6 +35,17 @@ def brats_modalities(config: Any) -> list[str] | None:
     return list(config["modalities"])
 
 
+def brats_case(image: str, modalities: list[str]) -> list[str] | None:
+    """The files of ``modalities`` of the BraTS case that ``image`` is one modality of, in that order, or ``None``
+    when ``image`` is not named like a BraTS modality (common.data.brats.case_files says which names are)."""
+    try:
+        return [str(f) for f in common.data.brats.case_files(image, modalities)]
+    except common.data.brats.BratsFileNotFoundError:
+        raise  # a BraTS case with a modality missing: the message names the file
+    except common.data.brats.BratsDataError:
+        return None
+
+
 class BratsCaseFilesd(MapTransform):
     """Replace the path of one modality of a BraTS case with the paths of the modalities the bundle reads.
 
@@ -51,17 +62,10 @@ class BratsCaseFilesd(MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            path = d[key]
-            if not isinstance(path, str):
-                continue
-            try:
-                files = common.data.brats.case_files(path, self.modalities)
-            except common.data.brats.BratsFileNotFoundError:
-                raise
-            except common.data.brats.BratsDataError:
-                continue  # not a BraTS-named file: read as it is
-            d[key] = [str(f) for f in files] if len(files) > 1 else str(files[0])
-            logger.info(f"{Path(path).name}: reading {[Path(f).name for f in files]}")
+            files = brats_case(d[key], self.modalities) if isinstance(d[key], str) else None
+            if files is not None:
+                logger.info(f"{Path(d[key]).name}: reading {[Path(f).name for f in files]}")
+                d[key] = files if len(files) > 1 else files[0]
         return d
 
 

@@ -14,9 +14,8 @@ from monai.bundle import ConfigParser, create_workflow
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleTrainTask
 
-import common.data.brats
 from common.data.brats import BratsConvention
-from lib.infers import brats_modalities, image_dimension
+from lib.infers import brats_case, brats_modalities, image_dimension
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +79,8 @@ class ZooTrainTask(BundleTrainTask):
         image = str(item["image"])
         if self.modalities is None:
             return item if image.lower().endswith(IMAGE_ENDINGS[self.dimension]) else None
-        try:  # a BraTS study is any one modality of a case: the case's files in the bundle's channel order
-            files = common.data.brats.case_files(image, self.modalities)
-        except common.data.brats.BratsFileNotFoundError:
-            raise
-        except common.data.brats.BratsDataError:
-            return None
-        return {**item, "image": [str(f) for f in files]}
+        files = brats_case(image, self.modalities)  # a BraTS study is any one modality of a case
+        return None if files is None else {**item, "image": files}
 
     def _update_overrides(self, overrides: dict) -> dict:
         epochs = int(overrides[self.const.key_train_trainer_max_epochs()])
