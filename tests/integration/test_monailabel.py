@@ -29,6 +29,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -262,17 +263,18 @@ def server(tmp_path_factory, phantom_root):
     }
     study_of["refnet_synapse_large"] = _large_ct_study(studies, study_of["refnet_synapse"])
 
-    # A user's shell with the environment on PATH; nothing of this test's own Python environment leaks in.
+    # A user's shell: nothing of this test's own Python environment leaks in.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env["PATH"] = f"{MONAILABEL_VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["MONAI_LABEL_SESSION_PATH"] = str(work / "sessions")  # not the user's home folder
     env["OMP_NUM_THREADS"] = "2"
 
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
-    # The README's command.
-    cmd = [str(MONAILABEL_VENV / "bin" / "monailabel"), "start_server", "--app", str(APP), "--studies", str(studies)]
-    cmd += ["--conf", "bundles", str(bundles_dir), "--host", "127.0.0.1", "--port", str(port)]
+    # The README's commands: the environment activated (the monailabel script runs the python first on PATH), then
+    # the server.
+    server = ["monailabel", "start_server", "--app", str(APP), "--studies", str(studies), "--conf", "bundles"]
+    server += [str(bundles_dir), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = ["bash", "-c", f". {shlex.quote(str(MONAILABEL_VENV / 'bin' / 'activate'))} && exec {shlex.join(server)}"]
     log_path = work / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
