@@ -1,0 +1,233 @@
+"""The foreground crop of the BraTS bundles (``crop_foreground`` in their ``inference.json``): windows, time, agreement.
+
+Run: ``python -m bench.foreground_crop --out DIR [--cases 3] [--networks cohra student]``; writes ``DIR/crop.json``
+(rewritten after every measurement, so an interrupted run keeps what it measured) and ``DIR/crop.md``.
+
+* **Windows** (no network runs): the sliding-window count (:func:`common.fast_inference.sliding_window_count`, 128^3
+  windows) of the whole 240 x 240 x 155 grid and of the box the crop keeps, at overlap 0.5 and 0.25, for the
+  default phantoms and for brain extents of real BraTS cases (about 140 x 170 x 140 voxels).
+* **Whole cases**: for each network (COHRA-UNet on the 4 modalities, the MTCM-KD student on T1ce) and each phantom
+  case (``make_brats_case((240, 240, 155), case_rng(7, k))``, the seed of ``bench.inference``'s test case): the
+  bundle's own ``preprocessing`` (without the file-reading transforms), ``inferer`` and ``postprocessing`` (without
+  ``SaveImaged``), built from its ``inference.json``, timed from the raw image to the label map on the full grid.
+  Paths: the model zoo's fp32 eager path without the crop (the reference), ``fast_cpu`` without and with the crop
+  at overlap 0.5, and ``fast_cpu`` with the crop at overlap 0.25. Agreement: Dice of every BraTS label of the label
+  map against the reference's (1 if neither has the label).
+
+Weights are the briefly phantom-trained ones of ``make bench`` (:func:`bench.inference.train_weights`, cached in
+``--work-dir``). One process, torch threads fixed by ``--threads``, freed memory kept from the start
+(:func:`common.allocator.retain_freed_memory`, for the fp32 eager reference too: same values, half the time); on a
+shared machine read times as ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.harness import REPO_ROOT, machine_info, set_threads
+from common.allocator import retain_freed_memory
+
+ROI = (128, 128, 128)
+GRID = (240, 240, 155)
+#: Brain extents (voxels) of real BraTS cases to count windows for: the typical one and a smaller and larger one.
+REAL_EXTENTS = {"typical BraTS brain": (140, 170, 140), "small": (125, 155, 125), "large": (155, 190, 150)}
+NETWORKS = {
+    "cohra": ("cohra_unet_brats", "inferer#inferer#overlap"),
+    "student": ("mtcm_kd_t1ce_student", "volume_inferer#overlap"),
+}
+#: (name, fast_cpu, crop_foreground, overlap); the first is the reference of the agreement.
+PATHS = (
+    ("fp32 eager, no crop, overlap 0.5", False, False, 0.5),
+    ("fast_cpu, no crop, overlap 0.5", True, False, 0.5),
+    ("fast_cpu, crop, overlap 0.5", True, True, 0.5),
+    ("fast_cpu, crop, overlap 0.25", True, True, 0.25),
+)
+LABELS = (1, 2, 4)  # BraTS 2021 labels of the written label map: NCR, ED, ET
+
+
+def window_count(shape: tuple[int, ...], overlap: float) -> int:
+    from monai.inferers import SlidingWindowInferer
+
+    from common.fast_inference import sliding_window_count
+
+    inferer = SlidingWindowInferer(ROI, overlap=overlap)
+    return sliding_window_count(inferer, torch.zeros((1, 1, *shape)))
+
+
+def phantom(k: int):
+    from common.synthetic._fields import case_rng
+    from common.synthetic.brats import make_brats_case
+
+    return make_brats_case(GRID, case_rng(7, k))
+
+
+def window_table(cases: int) -> list[dict]:
+    """Window counts of the whole grid and of the crop of each phantom and of real brain extents."""
+    from common.inferers.foreground import foreground_box
+
+    rows = []
+    for k in range(cases):
+        case = phantom(k)
+        image = torch.from_numpy(np.stack([case.images[m] for m in ("t1", "t1ce", "t2", "flair")]))
+        box = foreground_box(image)
+        rows.append(
+            {"what": f"phantom case {k}", "box": [s.stop - s.start for s in box], "start": [s.start for s in box]}
+        )
+    rows += [{"what": name, "box": list(extent)} for name, extent in REAL_EXTENTS.items()]
+    for row in rows:
+        for overlap in (0.5, 0.25):
+            row[f"windows_full_{overlap}"] = window_count(GRID, overlap)
+            row[f"windows_crop_{overlap}"] = window_count(tuple(row["box"]), overlap)
+    return rows
+
+
+class _Counted:
+    def __init__(self, network) -> None:
+        self.network = network
+        self.items = 0
+
+    def __call__(self, x, *args, **kwargs):
+        self.items += int(x.shape[0])
+        return self.network(x, *args, **kwargs)
+
+
+def bundle_pipeline(key: str, fast: bool, crop: bool, overlap: float, state: dict):
+    """The bundle's preprocessing (no file reading), network with the phantom weights, inferer, postprocessing (no
+    writing), from its inference.json."""
+    from monai.transforms import Compose, LoadImaged, SaveImaged
+
+    from bench.inference import _bundle_parser
+    from common.transforms.validation import ValidateImaged, ValidateImageFilesd
+
+    bundle, overlap_key = NETWORKS[key]
+    parser = _bundle_parser(bundle, quick=False, fast=fast)
+    parser["crop_foreground"] = crop
+    parser[overlap_key] = overlap
+    parser["progress"] = False
+    parser["et_label"] = 4
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(state["net"])
+    network.eval()
+    skip = (ValidateImageFilesd, LoadImaged, ValidateImaged)
+    preprocessing = Compose(
+        [t for t in parser.get_parsed_content("preprocessing").transforms if not isinstance(t, skip)]
+    )
+    post = Compose([t for t in parser.get_parsed_content("postprocessing").transforms if not isinstance(t, SaveImaged)])
+    return preprocessing, network, parser.get_parsed_content("inferer"), post
+
+
+def run_case(key: str, image, pipeline) -> tuple[np.ndarray, float, int]:
+    preprocessing, network, inferer, post = pipeline
+    counted = _Counted(network)
+    start = time.perf_counter()
+    d = preprocessing({"image": image.clone()})
+    with torch.no_grad():  # as SupervisedEvaluator runs its inferer
+        pred = inferer(d["image"][None], counted)[0]
+    d["pred"] = pred
+    d = post(d)
+    seconds = time.perf_counter() - start
+    labels = np.asarray(d["pred"]).astype(np.uint8)[0]
+    return labels, seconds, counted.items
+
+
+def dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    out = {}
+    for label in LABELS:
+        p, q = a == label, b == label
+        total = int(p.sum() + q.sum())
+        out[str(label)] = 1.0 if total == 0 else float(2.0 * (p & q).sum() / total)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "bench" / "results" / "work")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    # Freed memory kept from the start, for the fp32 eager reference too: it changes where memory comes from, not
+    # one value of the label map, and halves an fp32 pass (the allocator ablation of make bench-full). The fast path
+    # keeps it anyway, so the first measurement would otherwise be the only one without it.
+    retain_freed_memory()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from monai.data import MetaTensor
+
+    from bench.inference import CASES, _weights_path, train_weights
+    from common.synthetic.brats import brats_affine
+
+    result: dict = {"machine": machine_info(), "load_average": os.getloadavg(), "windows": window_table(args.cases)}
+    result["runs"] = []
+
+    def save() -> None:
+        (args.out / "crop.json").write_text(json.dumps(result, indent=1))
+        (args.out / "crop.md").write_text(markdown(result))
+
+    save()
+    for key in args.networks:
+        trained = train_weights(key, quick=False, work_dir=str(args.work_dir))
+        print(f"{key}: weights {'trained' if trained['trained'] else 'cached'}", flush=True)
+        state = torch.load(_weights_path(args.work_dir, CASES[key], False), map_location="cpu")
+        for k in range(args.cases):
+            case = phantom(k)
+            modalities = ("t1", "t1ce", "t2", "flair") if key == "cohra" else ("t1ce",)
+            raw = np.stack([case.images[m].astype(np.float32) for m in modalities])
+            image = MetaTensor(torch.from_numpy(raw), affine=torch.from_numpy(brats_affine(GRID)))
+            reference = None
+            for name, fast, crop, overlap in PATHS:
+                labels, seconds, windows = run_case(key, image, bundle_pipeline(key, fast, crop, overlap, state))
+                assert labels.shape == GRID, f"{key} {name}: label map {labels.shape}, expected {GRID}"
+                if reference is None:
+                    reference = labels
+                dice = dice_per_label(labels, reference)
+                row = {"network": key, "case": k, "path": name, "seconds": seconds, "windows": windows, "dice": dice,
+                       "foreground_voxels": int((labels > 0).sum()), "load_average": os.getloadavg()}  # fmt: skip
+                result["runs"].append(row)
+                save()
+                print(f"{key} case {k} {name}: {seconds:.1f} s, {windows} windows, Dice {dice}", flush=True)
+    save()
+
+
+def markdown(result: dict) -> str:
+    lines = ["| extent (voxels) | windows 0.5 full -> crop | windows 0.25 full -> crop |", "|---|---|---|"]
+    for row in result["windows"]:
+        extent = "x".join(map(str, row["box"]))
+        lines.append(
+            f"| {row['what']}: {extent} | {row['windows_full_0.5']} -> {row['windows_crop_0.5']} | "
+            f"{row['windows_full_0.25']} -> {row['windows_crop_0.25']} |"
+        )
+    lines += [
+        "",
+        "| network | case | path | windows | s | Dice NCR / ED / ET vs fp32 eager no crop |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        dice = " / ".join(f"{r['dice'][str(label)]:.4f}" for label in LABELS)
+        lines.append(f"| {r['network']} | {r['case']} | {r['path']} | {r['windows']} | {r['seconds']:.1f} | {dice} |")
+    summary = {}
+    for r in result["runs"]:
+        summary.setdefault((r["network"], r["path"]), []).append(r)
+    lines += [
+        "",
+        "| network | path | cases | median s | windows | min Dice over labels and cases |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (network, path), rows in summary.items():
+        median = float(np.median([r["seconds"] for r in rows]))
+        worst = min(min(r["dice"].values()) for r in rows)
+        windows = "/".join(sorted({str(r["windows"]) for r in rows}))
+        lines.append(f"| {network} | {path} | {len(rows)} | {median:.1f} | {windows} | {worst:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
