@@ -1,10 +1,12 @@
 """RefNet's training data: base-model predictions made by running the ``refnet_synapse`` bundle's configs.
 
 RefNet (seed paper 003) learns to refine what a base model (Swin UNETR) gets wrong, so its training inputs are
-base-model predictions of cases whose ground truth is known. Three commands make them::
+base-model predictions of cases whose ground truth is known. Four commands make them::
 
     python -m common.base_predictions base-oof --bundle-root bundles/refnet_synapse --dataset-dir /data/BTCV \\
         --out runs/base --folds 3 --seeds 0 1 [--in-sample] [--probabilities] [--overlay base_settings.json]
+    python -m common.base_predictions base-in-sample --bundle-root bundles/refnet_synapse --dataset-dir /data/BTCV \\
+        --out runs/base --seeds 0 1 2 [--probabilities] [--overlay base_settings.json]
     python -m common.base_predictions base-test --bundle-root bundles/refnet_synapse --dataset-dir /data/BTCV \\
         --out runs/base [--seed 0] [--base-ckpt models/base_model.pt] [--probabilities]
     python -m common.base_predictions corrupt-gt --dataset-dir /data/BTCV --out runs/corrupted [--copies 2] \\
@@ -19,6 +21,10 @@ base-model predictions of cases whose ground truth is known. Three commands make
   ``fct_refnet.md`` section 5). ``--in-sample`` adds each model's predictions of its own training cases, which is
   what the paper's Algorithm 1 collects (nearly perfect predictions, so a refiner trained only on them learns
   little more than the identity). K seeds multiply the training data, as in the paper.
+- ``base-in-sample`` is the paper's Algorithm 1 as written: K base models (one per seed in ``--seeds``), each
+  trained on all training cases, each predicting those same cases. The first seed's model also predicts the test
+  cases (the datalist's ``test`` section, what ``base-test`` would write with that seed), so the study of the two
+  kinds of training data refines one set of raw test segmentations.
 - ``base-test`` trains one base model on all training cases (or takes ``--base-ckpt``) and predicts the 12 test
   cases: the raw segmentations that RefNet refines and the evaluation compares against.
 - ``corrupt-gt`` needs no training: it corrupts the ground truth with
@@ -27,8 +33,11 @@ base-model predictions of cases whose ground truth is known. Three commands make
   encoded and smoothed). The bundle's demo uses it, because even a toy Swin UNETR takes minutes to train on a CPU,
   too long for the shared one-epoch checks; it is no substitute for real base predictions.
 
-Every command writes (or, for ``base-oof`` and ``base-test``, merges into) ``<out>/datalist.json``, the refinement
-datalist that the bundle's ``train.json`` reads; :mod:`common.data.refinement` describes its format.
+Every command merges what it makes into ``<out>/datalist.json``, the refinement datalist that the bundle's
+``train.json`` reads (:func:`common.data.refinement.write_datalist`: a command replaces its own training entries of
+an earlier run and keeps the other commands'; the test section is replaced whole); train.json's
+``training_sources`` selects among in-sample, out-of-fold and corrupted entries. :mod:`common.data.refinement`
+describes the format.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from common.data.btcv import BTCVDataError, btcv_case_paths, find_raw_data_dir, 
 from common.data.refinement import NUM_CLASSES, datalist_entry, require_file, write_datalist
 from common.io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["base_oof", "base_test", "corrupt_gt", "main"]
+__all__ = ["base_in_sample", "base_oof", "base_test", "corrupt_gt", "main"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # base-model predictions through the bundle's configs
@@ -185,7 +194,64 @@ def base_oof(
         f"RefNet training data: Swin UNETR predictions of the Synapse training cases, {folds}-fold out-of-fold "
         f"for seeds {list(seeds)}" + (" plus in-sample" if in_sample else "") + "; made by common.base_predictions."
     )
-    return write_datalist(out, {"training": entries}, description)
+    return write_datalist(out, {"training": entries}, description, made_by="base-oof")
+
+
+def base_in_sample(
+    bundle_root: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    seeds: Sequence[int] = (0, 1, 2),
+    probabilities: bool = False,
+    overlays: Sequence[str | os.PathLike] = (),
+    allow_partial: bool = False,
+    log: Callable[[str], Any] = print,
+) -> Path:
+    """The paper's Algorithm 1: one base model per seed on all training cases, predicting them (module docstring).
+
+    Layout under ``out``: ``base_models/seed<s>_all/`` (as ``base-test``: overlays, logs, ``models/base_model.pt``),
+    ``predictions/in_sample_seed<s>/`` (the training and test cases) and ``datalist.json``: every model's training
+    cases as ``in_sample`` training entries, the first seed's test cases as the ``test`` section.
+
+    Returns:
+        the path of ``datalist.json``.
+    """
+    if not seeds:
+        raise ValueError("base-in-sample needs at least one seed.")
+    bundle_root, out = Path(bundle_root).resolve(), Path(out).resolve()
+    raw_dir = find_raw_data_dir(dataset_dir).resolve()
+    train_cases, test_cases = synapse_split(raw_dir, allow_partial=allow_partial)
+    user = _read_overlays(overlays)
+    training, test = [], []
+    for seed in seeds:
+        log(f"[base-in-sample seed{seed}] trains on all {len(train_cases)} training cases and predicts them")
+        settings = {
+            **user,
+            "bundle_root": str(bundle_root),
+            "dataset_dir": str(raw_dir),
+            "allow_partial_split": allow_partial,
+            "fold": 0,
+            "num_folds": 1,
+            "seed": seed,
+        }
+        predict = {"in_sample": True, "save_probabilities": probabilities}  # num_folds 1: plus the test cases
+        prediction_dir = out / "predictions" / f"in_sample_seed{seed}"
+        _train_and_predict(bundle_root, out / "base_models" / f"seed{seed}_all", prediction_dir, settings, predict,
+                           None, log)  # fmt: skip
+        for case in train_cases:
+            base = _prediction_file(prediction_dir, case)
+            training.append(datalist_entry(raw_dir, out, case, base, seed=seed, source="in_sample"))
+        if seed == seeds[0]:
+            test = [
+                datalist_entry(raw_dir, out, case, _prediction_file(prediction_dir, case), seed=seed, source="test")
+                for case in test_cases
+            ]
+    description = (
+        f"RefNet training data as in the paper's Algorithm 1: {len(seeds)} Swin UNETR base models (seeds "
+        f"{list(seeds)}), each trained on all training cases and predicting them; the test cases predicted by the "
+        f"seed-{seeds[0]} model; made by common.base_predictions base-in-sample."
+    )
+    return write_datalist(out, {"training": training, "test": test}, description, made_by="base-in-sample")
 
 
 def base_test(
@@ -230,7 +296,8 @@ def base_test(
     ]
     if checkpoint is None:
         log(f"base model trained on all training cases: {run_dir / 'models' / 'base_model.pt'}")
-    return write_datalist(out, {"test": entries}, "Swin UNETR base predictions; made by common.base_predictions.")
+    description = f"Swin UNETR (seed {seed}) predictions of the test cases; made by common.base_predictions base-test."
+    return write_datalist(out, {"test": entries}, description, made_by="base-test")
 
 
 def _write_nifti(path: Path, array: Any, like: Any) -> None:
@@ -312,7 +379,7 @@ def corrupt_gt(
         "Stand-in base predictions: corrupted ground truth (common.base_predictions corrupt-gt), for demos and tests "
         "only; real RefNet training data come from base-oof and base-test."
     )
-    return write_datalist(out, sections, description)
+    return write_datalist(out, sections, description, made_by="corrupt-gt")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one set of folds each (default 0)")
     p.add_argument("--in-sample", action="store_true", help="also predict each model's own training cases")
 
+    p = sub.add_parser("base-in-sample", help="the paper's Algorithm 1: K models on all training cases predict them")
+    base_args(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one base model per seed (default 0 1 2)")
+
     p = sub.add_parser("base-test", help="base predictions of the test cases")
     base_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the base model (default 0)")
@@ -362,6 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             datalist = base_oof(
                 args.bundle_root, args.dataset_dir, args.out, args.folds, args.seeds, args.in_sample,
                 args.probabilities, args.overlay, args.partial_split,
+            )  # fmt: skip
+        elif args.command == "base-in-sample":
+            datalist = base_in_sample(
+                args.bundle_root, args.dataset_dir, args.out, args.seeds, args.probabilities, args.overlay,
+                args.partial_split,
             )  # fmt: skip
         elif args.command == "base-test":
             datalist = base_test(

@@ -5,10 +5,10 @@ truth) with a base model's prediction of it. :mod:`common.base_predictions` make
 with :func:`write_datalist`; the bundle configs read them with :func:`load_refinement_datalist`. The format of
 ``<out>/datalist.json``::
 
-    {"description": "...", "num_classes": 13,
+    {"description": "...", "descriptions": {"base-oof": "...", ...}, "num_classes": 13,
      "training": [{"case": "0005", "image": "Training/img/img0005.nii.gz", "label": "Training/label/label0005.nii.gz",
                    "base": "predictions/seed0_fold1/img0005_base.nii.gz", "seed": 0, "fold": 1,
-                   "source": "out_of_fold"}, ...],
+                   "source": "out_of_fold", "made_by": "base-oof"}, ...],
      "test": [{"case": "0008", ..., "source": "test"}, ...]}
 
 ``image`` and ``label`` are relative to the BTCV ``RawData`` folder, ``base`` (and ``base_probabilities`` when the
@@ -107,14 +107,26 @@ def datalist_entry(raw_dir: Path, datalist_dir: Path, case: str, base: Path, **e
     return entry
 
 
-def write_datalist(out: Path, sections: Mapping[str, list[dict[str, Any]]], description: str) -> Path:
-    """Write (merging section by section into an existing file) ``out/datalist.json``; return its path."""
+def write_datalist(
+    out: Path, sections: Mapping[str, list[dict[str, Any]]], description: str, made_by: str | None = None
+) -> Path:
+    """Write ``out/datalist.json``, merging into an existing one; return its path.
+
+    A ``test`` section given replaces the file's: the test cases are predicted by one base model. A ``training``
+    section given replaces the training entries that the command ``made_by`` wrote before (and entries that name
+    no command) and keeps those of other commands, so that, e.g., the paper's in-sample predictions
+    (``base-in-sample``) and out-of-fold ones (``base-oof``) go into one datalist, from which ``train.json``'s
+    ``training_sources`` picks. Every new entry records ``made_by``; ``description`` is kept per command.
+    """
     target = out / DATALIST_NAME
-    content: dict[str, Any] = {}
-    if target.is_file():
-        content = json.loads(target.read_text())
-    content.update({"description": description, "num_classes": NUM_CLASSES})
-    content.update(sections)
+    content: dict[str, Any] = json.loads(target.read_text()) if target.is_file() else {}
+    descriptions = {**content.get("descriptions", {}), str(made_by): description}
+    content.update({"descriptions": descriptions, "description": " ".join(descriptions.values())})
+    content["num_classes"] = NUM_CLASSES
+    for section, entries in sections.items():
+        new = [{**e, "made_by": made_by} for e in entries]
+        kept = [e for e in content.get(section, []) if section == "training" and e.get("made_by", made_by) != made_by]
+        content[section] = kept + new
     atomic_write_json(target, content)
     return target
 
@@ -196,7 +208,11 @@ class ValidationSplit(NamedTuple):
     validation: list[dict[str, Any]]
 
 
-def split_validation_cases(entries: Sequence[Mapping[str, Any]], num_validation_cases: int) -> ValidationSplit:
+def split_validation_cases(
+    entries: Sequence[Mapping[str, Any]],
+    num_validation_cases: int,
+    training_sources: Sequence[str] | None = None,
+) -> ValidationSplit:
     """Hold out whole cases of a ``training`` section to validate RefNet on: ``(train, validation)`` entries.
 
     The last ``num_validation_cases`` case ids (sorted) are held out; every entry of those cases leaves the
@@ -204,8 +220,13 @@ def split_validation_cases(entries: Sequence[Mapping[str, Any]], num_validation_
     saw in training) become the validation entries. ``0`` validates on nothing held out: the validation entries
     are then the training entries themselves (monitoring only).
 
+    ``training_sources`` (e.g. ``["in_sample"]``) keeps only the training entries of those sources, after the
+    split: RefNet trained on the paper's in-sample predictions and RefNet trained on out-of-fold ones then hold out
+    the same cases and are validated on the same entries, so they differ only in their training data.
+
     Raises:
-        ValueError: when fewer than ``num_validation_cases + 1`` cases are present.
+        ValueError: when fewer than ``num_validation_cases + 1`` cases are present, or when ``training_sources``
+            names an unknown source or leaves no training entry.
     """
     cases = sorted({str(e["case"]) for e in entries})
     if num_validation_cases < 0 or num_validation_cases >= len(cases):
@@ -214,12 +235,24 @@ def split_validation_cases(entries: Sequence[Mapping[str, Any]], num_validation_
             f"least one must train RefNet; got {num_validation_cases}."
         )
     if num_validation_cases == 0:
-        return ValidationSplit([dict(e) for e in entries], [dict(e) for e in entries])
-    held_out = set(cases[-num_validation_cases:])
-    train = [dict(e) for e in entries if e["case"] not in held_out]
-    validation = [dict(e) for e in entries if e["case"] in held_out and e.get("source") != "in_sample"]
-    if not validation:
-        validation = [dict(e) for e in entries if e["case"] in held_out]
+        train, validation = [dict(e) for e in entries], [dict(e) for e in entries]
+    else:
+        held_out = set(cases[-num_validation_cases:])
+        train = [dict(e) for e in entries if e["case"] not in held_out]
+        validation = [dict(e) for e in entries if e["case"] in held_out and e.get("source") != "in_sample"]
+        if not validation:
+            validation = [dict(e) for e in entries if e["case"] in held_out]
+    if training_sources is not None:
+        unknown = sorted(set(training_sources) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"training_sources: unknown source(s) {unknown}; expected some of {list(SOURCES)}.")
+        present = sorted({str(e.get("source")) for e in train})
+        train = [e for e in train if e.get("source") in training_sources]
+        if not train:
+            raise ValueError(
+                f"training_sources {list(training_sources)} leaves no training entry: the datalist's training "
+                f"entries have the sources {present}."
+            )
     return ValidationSplit(train, validation)
 
 

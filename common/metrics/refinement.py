@@ -25,22 +25,37 @@ include it, one fewer exclude it.
 
 The standard 8-organ Synapse table that other papers report (TransUNet's protocol) is written next to this one by
 :func:`common.metrics.synapse.write_synapse8_table`.
+
+A study trains every arm at several seeds (``python -m common.ablation --seeds N``, one evaluation folder per arm and
+seed); :func:`write_seed_refinement_table` (``python -m common.metrics.refinement seeds RUNS_DIR``) gathers their
+``refinement_table.csv`` into the same per-class form with mean ± SD over the seeds, and says for each arm whether
+the refined mean organ Dice is above the raw one by more than the seed SD.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import math
 import os
-from collections.abc import Mapping
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from common.data.btcv import SYNAPSE12_LABELS
 from common.io import atomic_write_bytes
 from common.metrics.summary import format_metric
 
-__all__ = ["TABLE_COLUMNS", "read_per_class", "refinement_table", "write_refinement_table"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "read_per_class",
+    "refinement_table",
+    "seed_refinement_table",
+    "write_refinement_table",
+    "write_seed_refinement_table",
+]
 
 TABLE_COLUMNS = (
     "class",
@@ -187,3 +202,134 @@ def write_refinement_table(
     ]
     atomic_write_bytes(out / "refinement_table.md", ("\n".join(lines) + "\n").encode())
     return out / "refinement_table.csv", out / "refinement_table.md"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# over the seeds of a study
+# ---------------------------------------------------------------------------------------------------------------
+
+SEED_TABLE_COLUMNS = ("class", "raw Dice", "refined Dice", "change (Dice points)")
+
+
+def _read_table(path: Path) -> dict[str, tuple[float, float]]:
+    """Row label -> (raw Dice, refined Dice) of one ``refinement_table.csv``."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def number(cell: str) -> float:
+        return math.nan if cell == "n/a" else float(cell)
+
+    return {r["class"]: (number(r["raw Dice"]), number(r["refined Dice"])) for r in rows}
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else math.nan)
+
+
+def _mean_sd_cell(mean: float, sd: float, n: int) -> str:
+    if math.isnan(mean):
+        return f"n/a (0 of {n} seeds)"
+    return f"{mean:.4f}" + ("" if math.isnan(sd) else f" ± {sd:.4f}")
+
+
+def seed_refinement_table(seed_dirs: Sequence[str | os.PathLike]) -> list[list[float | str]]:
+    """Per class of the refinement table: raw, refined and change as (mean, SD) pairs over ``seed_dirs``.
+
+    Each of ``seed_dirs`` is an evaluation folder holding ``refinement_table.csv`` (one seed of one arm). The change
+    is taken per seed, then averaged. Returns rows ``[label, (raw mean, SD), (refined mean, SD), (change mean, SD)]``
+    in the order of the tables' rows.
+    """
+    if not seed_dirs:
+        raise ValueError("seed_refinement_table needs at least one evaluation folder.")
+    tables = []
+    for d in seed_dirs:
+        path = Path(d) / "refinement_table.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"'{path}' does not exist: expected the refinement table of an evaluation.")
+        tables.append(_read_table(path))
+    rows: list[list[float | str]] = []
+    for label in tables[0]:
+        pairs = [t[label] for t in tables if label in t]
+        raw, refined = [p[0] for p in pairs], [p[1] for p in pairs]
+        rows.append([label, _mean_sd(raw), _mean_sd(refined), _mean_sd([b - a for a, b in pairs])])
+    return rows
+
+
+def _arms(runs_dir: Path) -> dict[str, list[Path]]:
+    """Arm name -> its seeds' evaluation folders, from an ablation study's ``<run>/seed<s>/eval`` layout."""
+    arms: dict[str, list[Path]] = {}
+    for table in sorted(runs_dir.glob("*/seed*/eval/refinement_table.csv")):
+        arms.setdefault(table.parents[2].name, []).append(table.parent)
+    return dict(sorted(arms.items(), key=lambda item: (item[0] != "baseline", item[0])))
+
+
+def write_seed_refinement_table(runs_dir: str | os.PathLike, note: str = "") -> tuple[Path, Path]:
+    """Write ``refinement_seeds.csv`` and ``refinement_seeds.md`` into a study's ``runs_dir``; return their paths.
+
+    One block per arm (a folder ``runs_dir/<arm>/seed<s>/eval`` with a refinement table): every class, the means
+    over the 12 organs and over all classes, as mean ± sample SD over the arm's seeds, and the outcome on the organ
+    mean: refined above raw by more than the SD of the change over seeds, below it by more, or neither.
+    """
+    runs_dir = Path(runs_dir)
+    arms = _arms(runs_dir)
+    if not arms:
+        raise FileNotFoundError(
+            f"'{runs_dir}' holds no <arm>/seed<s>/eval/refinement_table.csv: expected the runs of a study made "
+            "with python -m common.ablation --seeds N on the refnet_synapse bundle."
+        )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["arm", "seeds", "class", *(f"{c} {s}" for c in SEED_TABLE_COLUMNS[1:] for s in ("mean", "sd"))])
+    lines = [
+        "Raw (base model) vs refined (RefNet) 3D Dice per class on the test cases, mean ± sample SD (n - 1) over "
+        "seeds; each seed's figure is its mean over the test cases (a class absent from prediction or ground truth "
+        "in a case is left out of that case). change: refined - raw per seed, then averaged."
+        + (f" {note}" if note else ""),
+    ]
+    for arm, seed_dirs in arms.items():
+        rows = seed_refinement_table(seed_dirs)
+        n = len(seed_dirs)
+        lines += ["", f"### {arm} ({n} seed{'s' if n > 1 else ''})", ""]
+        lines += ["| " + " | ".join(SEED_TABLE_COLUMNS) + " |", "|---|" + "---:|" * (len(SEED_TABLE_COLUMNS) - 1)]
+        for label, *pairs in rows:
+            cells = [_mean_sd_cell(mean, sd, n) for mean, sd in pairs]
+            name = f"**{label}**" if str(label).startswith("mean") else str(label)
+            lines.append("| " + " | ".join([name, *cells]) + " |")
+            writer.writerow([arm, n, label, *(f"{v:.6g}" for pair in pairs for v in pair)])
+        organ_mean = next(r for r in rows if str(r[0]).startswith("mean") and "organs" in str(r[0]))
+        change, sd = organ_mean[3]
+        if math.isnan(change) or math.isnan(sd):
+            verdict = "cannot be judged (fewer than 2 seeds with a finite organ mean)"
+        elif change > sd:
+            verdict = f"refined above raw by more than the seed SD ({change:+.4f} > {sd:.4f})"
+        elif change < -sd:
+            verdict = f"refined **below** raw by more than the seed SD ({change:+.4f}, SD {sd:.4f})"
+        else:
+            verdict = f"no change beyond the seed SD ({change:+.4f}, SD {sd:.4f})"
+        lines += ["", f"Mean organ Dice: {verdict}."]
+    atomic_write_bytes(runs_dir / "refinement_seeds.csv", buffer.getvalue().encode())
+    atomic_write_bytes(runs_dir / "refinement_seeds.md", ("\n".join(lines) + "\n").encode())
+    return runs_dir / "refinement_seeds.csv", runs_dir / "refinement_seeds.md"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.metrics.refinement", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("seeds", help="the per-class table over the seeds of a study (refinement_seeds.md)")
+    p.add_argument("runs_dir", help="the study's runs folder (<arm>/seed<s>/eval/refinement_table.csv)")
+    p.add_argument("--note", default="", help="a sentence added to the table's heading (split, phantoms, budget)")
+    args = parser.parse_args(argv)
+    try:
+        _, markdown = write_seed_refinement_table(args.runs_dir, args.note)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(markdown.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

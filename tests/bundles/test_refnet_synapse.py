@@ -25,6 +25,7 @@ from monai.data import MetaTensor, list_data_collate
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
 import common.base_predictions
+import common.metrics.refinement
 from ci import zoo
 from common.data.btcv import (
     BTCV_LABELS,
@@ -44,6 +45,7 @@ from common.data.refinement import (
     load_refinement_datalist,
     refine_datalist,
     split_validation_cases,
+    write_datalist,
 )
 from common.inferers.refinement import BaseThenRefineInferer
 from common.metrics.refinement import refinement_table, write_refinement_table
@@ -193,6 +195,72 @@ def test_validation_cases_leave_training_whole():
     with pytest.raises(ValueError, match="num_validation_cases must be in 0..2"):
         split_validation_cases(entries, 3)
     assert [e["case"] for e in corrupted_gt_items(train, copies=2)] == ["0005", "0006", "0005", "0006"]
+
+
+def test_training_sources_pick_the_training_data_and_keep_the_validation_cases():
+    """The paper's in-sample data and the out-of-fold data hold out the same cases and validate on the same entries."""
+    entries = [
+        {"case": c, "source": s, "seed": k}
+        for c in ("0005", "0006", "0007")
+        for s, k in (("out_of_fold", 0), ("in_sample", 0), ("in_sample", 1))
+    ]
+    everything = split_validation_cases(entries, 1)
+    assert len(everything.train) == 6 and {e["source"] for e in everything.train} == {"out_of_fold", "in_sample"}
+    in_sample, out_of_fold = (
+        split_validation_cases(entries, 1, training_sources=s) for s in (["in_sample"], ["out_of_fold"])
+    )
+    assert len(in_sample.train) == 4 and {e["source"] for e in in_sample.train} == {"in_sample"}
+    assert len(out_of_fold.train) == 2 and {e["source"] for e in out_of_fold.train} == {"out_of_fold"}
+    assert in_sample.validation == out_of_fold.validation == [entries[6]]  # case 0007, out of fold
+    with pytest.raises(ValueError, match=r"leaves no training entry: .* sources \['in_sample', 'out_of_fold'\]"):
+        split_validation_cases(entries, 1, training_sources=["corrupted_gt"])
+    with pytest.raises(ValueError, match=r"unknown source\(s\) \['oof'\]"):
+        split_validation_cases(entries, 1, training_sources=["oof"])
+
+
+def test_datalist_commands_keep_each_others_training_entries(tmp_path):
+    def entry(case, source):
+        return {"case": case, "image": "i", "label": "l", "base": f"{source}/{case}", "source": source}
+
+    write_datalist(tmp_path, {"training": [entry("0005", "out_of_fold")]}, "oof, first run", made_by="base-oof")
+    write_datalist(
+        tmp_path,
+        {"training": [entry("0005", "in_sample"), entry("0006", "in_sample")], "test": [entry("0008", "test")]},
+        "in-sample",
+        made_by="base-in-sample",
+    )
+    write_datalist(tmp_path, {"training": [entry("0006", "out_of_fold")]}, "oof, again", made_by="base-oof")
+    write_datalist(tmp_path, {"test": [entry("0022", "test")]}, "test", made_by="base-test")
+    content = json.loads((tmp_path / "datalist.json").read_text())
+    assert [(e["case"], e["source"], e["made_by"]) for e in content["training"]] == [
+        ("0005", "in_sample", "base-in-sample"),
+        ("0006", "in_sample", "base-in-sample"),
+        ("0006", "out_of_fold", "base-oof"),  # the second base-oof run replaced its first
+    ]
+    assert [e["case"] for e in content["test"]] == ["0022"]  # one base model's test predictions, never two
+    assert content["descriptions"] == {"base-oof": "oof, again", "base-in-sample": "in-sample", "base-test": "test"}
+
+
+def test_seed_table_gives_mean_sd_and_the_outcome_per_arm(tmp_path):
+    raw = [0.9] + [0.5] * 12
+    for arm, refined_by_seed in {"baseline": (0.6, 0.62, 0.64), "variant=worse": (0.45, 0.4, 0.46)}.items():
+        for seed, refined in enumerate(refined_by_seed):
+            eval_dir = tmp_path / arm / f"seed{seed}" / "eval"
+            eval_dir.mkdir(parents=True)
+            _write_raw_csv(eval_dir / "raw_dice_raw.csv", [raw])
+            _write_raw_csv(eval_dir / "refined_dice_raw.csv", [[0.9] + [refined] * 11 + [math.nan]])
+            write_refinement_table(eval_dir)
+    assert common.metrics.refinement.main(["seeds", str(tmp_path), "--note", "Split: test phantoms."]) == 0
+    text = (tmp_path / "refinement_seeds.md").read_text()
+    assert "Split: test phantoms." in text and text.index("### baseline (3 seeds)") < text.index("### variant=worse")
+    assert "| spleen | 0.5000 ± 0.0000 | 0.6200 ± 0.0200 | 0.1200 ± 0.0200 |" in text
+    assert "| adrenal glands | 0.5000 ± 0.0000 | n/a (0 of 3 seeds) | n/a (0 of 3 seeds) |" in text
+    assert "Mean organ Dice: refined above raw by more than the seed SD (+0.1200 > 0.0200)." in text
+    assert "Mean organ Dice: refined **below** raw by more than the seed SD" in text
+    rows = list(csv.DictReader(open(tmp_path / "refinement_seeds.csv")))
+    spleen = next(r for r in rows if r["arm"] == "baseline" and r["class"] == "spleen")
+    assert spleen["seeds"] == "3" and float(spleen["refined Dice mean"]) == pytest.approx(0.62)
+    assert common.metrics.refinement.main(["seeds", str(tmp_path / "baseline" / "seed0")]) == 1
 
 
 def test_inference_base_network_is_the_network_train_base_trains():
@@ -457,6 +525,32 @@ def test_base_oof_writes_held_out_predictions_and_the_datalist(pipeline):
     labels = np.asarray(nib.load(str(out / training[0]["base"])).dataobj).astype(np.int64)
     at_label = np.take_along_axis(stored, labels[..., None], axis=-1)[..., 0]
     assert (at_label >= stored.max(-1) - 1).all(), "the label map is the argmax of the probabilities (up to rounding)"
+
+
+def test_base_in_sample_is_algorithm_1_next_to_the_out_of_fold_entries(pipeline, tmp_path):
+    """K models on all training cases predict those cases (the paper's data), merged beside base-oof's entries."""
+    out = tmp_path / "base"
+    shutil.copytree(pipeline["out"], out)
+    overlay = _overlay(tmp_path / "base_tiny.json", TINY_BASE)
+    assert common.base_predictions.main(["base-in-sample", "--bundle-root", str(BUNDLE), "--dataset-dir",
+                                         str(pipeline["data"]), "--out", str(out), "--partial-split", "--seeds", "0",
+                                         "1", "--overlay", str(overlay)]) == 0  # fmt: skip
+    datalist = json.loads((out / "datalist.json").read_text())
+    in_sample = [e for e in datalist["training"] if e["source"] == "in_sample"]
+    assert sorted((e["case"], e["seed"]) for e in in_sample) == [
+        (c, k) for c in ("0005", "0006", "0007") for k in (0, 1)
+    ]
+    assert all(e["made_by"] == "base-in-sample" and e["base"].startswith(f"predictions/in_sample_seed{e['seed']}/")
+               for e in in_sample)  # fmt: skip
+    assert sorted(e["case"] for e in datalist["training"] if e["source"] == "out_of_fold") == ["0005", "0006", "0007"]
+    assert [(e["case"], e["seed"]) for e in datalist["test"]] == [("0008", 0), ("0022", 0)]
+    for seed in (0, 1):
+        overlay = json.loads((out / "base_models" / f"seed{seed}_all" / "overlay.json").read_text())
+        assert (overlay["num_folds"], overlay["seed"], overlay["in_sample"]) == (1, seed, True)
+    loaded = load_refinement_datalist(out / "datalist.json", pipeline["data"])
+    split = split_validation_cases(loaded["training"], 1, training_sources=["in_sample"])
+    assert sorted((e["case"], e["seed"]) for e in split.train) == [("0005", 0), ("0005", 1), ("0006", 0), ("0006", 1)]
+    assert [(e["case"], e["source"]) for e in split.validation] == [("0007", "out_of_fold")]
 
 
 def test_refnet_trains_one_epoch_on_the_base_predictions(pipeline):
