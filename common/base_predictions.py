@@ -130,6 +130,27 @@ def _train_and_predict(
     atomic_write_json(done, record)
 
 
+def _settings(
+    user: dict[str, Any],
+    bundle_root: Path,
+    raw_dir: Path,
+    allow_partial: bool,
+    seed: int,
+    fold: int = 0,
+    folds: int = 1,
+) -> dict[str, Any]:
+    """train_base.json overrides of one base model: the user's, then the data, the split and the seed."""
+    return {
+        **user,
+        "bundle_root": str(bundle_root),
+        "dataset_dir": str(raw_dir),
+        "allow_partial_split": allow_partial,
+        "fold": fold,
+        "num_folds": folds,
+        "seed": seed,
+    }
+
+
 def _prediction_file(prediction_dir: Path, case: str) -> Path:
     path = prediction_dir / f"img{case}_base.nii.gz"
     if not path.is_file():
@@ -172,15 +193,7 @@ def base_oof(
             train, held_out = kfold_cases(train_cases, folds, fold, seed=seed)
             name = f"seed{seed}_fold{fold}"
             log(f"[base-oof {name}] trains on {', '.join(train)}; predicts {', '.join(held_out)}")
-            settings = {
-                **user,
-                "bundle_root": str(bundle_root),
-                "dataset_dir": str(raw_dir),
-                "allow_partial_split": allow_partial,
-                "fold": fold,
-                "num_folds": folds,
-                "seed": seed,
-            }
+            settings = _settings(user, bundle_root, raw_dir, allow_partial, seed, fold, folds)
             predict = {"in_sample": in_sample, "save_probabilities": probabilities}
             prediction_dir = out / "predictions" / name
             _train_and_predict(bundle_root, out / "base_models" / name, prediction_dir, settings, predict, None, log)
@@ -225,15 +238,7 @@ def base_in_sample(
     training, test = [], []
     for seed in seeds:
         log(f"[base-in-sample seed{seed}] trains on all {len(train_cases)} training cases and predicts them")
-        settings = {
-            **user,
-            "bundle_root": str(bundle_root),
-            "dataset_dir": str(raw_dir),
-            "allow_partial_split": allow_partial,
-            "fold": 0,
-            "num_folds": 1,
-            "seed": seed,
-        }
+        settings = _settings(user, bundle_root, raw_dir, allow_partial, seed)
         predict = {"in_sample": True, "save_probabilities": probabilities}  # num_folds 1: plus the test cases
         prediction_dir = out / "predictions" / f"in_sample_seed{seed}"
         _train_and_predict(bundle_root, out / "base_models" / f"seed{seed}_all", prediction_dir, settings, predict,
@@ -277,15 +282,7 @@ def base_test(
     raw_dir = find_raw_data_dir(dataset_dir).resolve()
     _, test_cases = synapse_split(raw_dir, allow_partial=allow_partial)
     checkpoint = Path(require_file(base_ckpt, "base model weights")).resolve() if base_ckpt else None
-    settings = {
-        **_read_overlays(overlays),
-        "bundle_root": str(bundle_root),
-        "dataset_dir": str(raw_dir),
-        "allow_partial_split": allow_partial,
-        "fold": 0,
-        "num_folds": 1,
-        "seed": seed,
-    }
+    settings = _settings(_read_overlays(overlays), bundle_root, raw_dir, allow_partial, seed)
     prediction_dir = out / "predictions" / f"test_seed{seed}"
     predict = {"in_sample": False, "save_probabilities": probabilities}
     run_dir = out / "base_models" / f"seed{seed}_all"
