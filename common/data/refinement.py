@@ -220,9 +220,10 @@ def split_validation_cases(
     saw in training) become the validation entries. ``0`` validates on nothing held out: the validation entries
     are then the training entries themselves (monitoring only).
 
-    ``training_sources`` (e.g. ``["in_sample"]``) keeps only the training entries of those sources, after the
-    split: RefNet trained on the paper's in-sample predictions and RefNet trained on out-of-fold ones then hold out
-    the same cases and are validated on the same entries, so they differ only in their training data.
+    ``training_sources`` (e.g. ``["in_sample"]``, or one source as a string) keeps only the training entries of
+    those sources, after the split: RefNet trained on the paper's in-sample predictions and RefNet trained on
+    out-of-fold ones then hold out the same cases and are validated on the same entries, so they differ only in
+    their training data.
 
     Raises:
         ValueError: when fewer than ``num_validation_cases + 1`` cases are present, or when ``training_sources``
@@ -243,6 +244,8 @@ def split_validation_cases(
         if not validation:
             validation = [dict(e) for e in entries if e["case"] in held_out]
     if training_sources is not None:
+        if isinstance(training_sources, str):  # --training_sources in_sample on the command line
+            training_sources = [training_sources]
         unknown = sorted(set(training_sources) - set(SOURCES))
         if unknown:
             raise ValueError(f"training_sources: unknown source(s) {unknown}; expected some of {list(SOURCES)}.")
