@@ -226,12 +226,13 @@ def split_validation_cases(
     their training data.
 
     Raises:
-        ValueError: when fewer than ``num_validation_cases + 1`` cases are present, or when ``training_sources``
-            names an unknown source or leaves no training entry.
+        RefinementDataError: (a ``ValueError``, which a bundle run ends with as an ``error:`` line) when fewer
+            than ``num_validation_cases + 1`` cases are present, or when ``training_sources`` names an unknown
+            source or leaves no training entry.
     """
     cases = sorted({str(e["case"]) for e in entries})
     if num_validation_cases < 0 or num_validation_cases >= len(cases):
-        raise ValueError(
+        raise RefinementDataError(
             f"num_validation_cases must be in 0..{len(cases) - 1}: the datalist holds {len(cases)} case(s) and at "
             f"least one must train RefNet; got {num_validation_cases}."
         )
@@ -248,11 +249,13 @@ def split_validation_cases(
             training_sources = [training_sources]
         unknown = sorted(set(training_sources) - set(SOURCES))
         if unknown:
-            raise ValueError(f"training_sources: unknown source(s) {unknown}; expected some of {list(SOURCES)}.")
+            raise RefinementDataError(
+                f"training_sources: unknown source(s) {unknown}; expected some of {list(SOURCES)}."
+            )
         present = sorted({str(e.get("source")) for e in train})
         train = [e for e in train if e.get("source") in training_sources]
         if not train:
-            raise ValueError(
+            raise RefinementDataError(
                 f"training_sources {list(training_sources)} leaves no training entry: the datalist's training "
                 f"entries have the sources {present}."
             )

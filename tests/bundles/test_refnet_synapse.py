@@ -41,6 +41,7 @@ from common.data.btcv import (
     synapse_split,
 )
 from common.data.refinement import (
+    RefinementDataError,
     corrupted_gt_items,
     load_refinement_datalist,
     refine_datalist,
@@ -213,9 +214,9 @@ def test_training_sources_pick_the_training_data_and_keep_the_validation_cases()
     assert len(out_of_fold.train) == 2 and {e["source"] for e in out_of_fold.train} == {"out_of_fold"}
     assert split_validation_cases(entries, 1, training_sources="out_of_fold") == out_of_fold
     assert in_sample.validation == out_of_fold.validation == [entries[6]]  # case 0007, out of fold
-    with pytest.raises(ValueError, match=r"leaves no training entry: .* sources \['in_sample', 'out_of_fold'\]"):
+    with pytest.raises(RefinementDataError, match=r"leaves no training entry: .* \['in_sample', 'out_of_fold'\]"):
         split_validation_cases(entries, 1, training_sources=["corrupted_gt"])
-    with pytest.raises(ValueError, match=r"unknown source\(s\) \['oof'\]"):
+    with pytest.raises(RefinementDataError, match=r"unknown source\(s\) \['oof'\]"):
         split_validation_cases(entries, 1, training_sources=["oof"])
 
 
