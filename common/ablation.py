@@ -370,6 +370,8 @@ def run_study(
                 results.append({**previous, "run_dir": str(run_dir)})
                 continue
         run_dir.mkdir(parents=True, exist_ok=True)
+        # the earlier result goes with the curves it described: an interrupted retrain must not leave it reusable
+        result_file.unlink(missing_ok=True)
         if (run_dir / "eval").is_dir():
             _remove_event_files(run_dir / "eval")
         atomic_write_json(run_dir / "overlay.json", overlay)

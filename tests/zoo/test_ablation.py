@@ -15,11 +15,13 @@ import pytest
 import common.crossval
 from ci import zoo
 from common.ablation import (
+    Run,
     count_parameters,
     expand_grid,
     format_mean_sd,
     load_grid,
     results_table,
+    run_study,
     seed_results_table,
     summarise_seeds,
 )
@@ -396,3 +398,27 @@ def test_a_setting_names_the_folder_of_an_earlier_run_at_the_same_seed(tmp_path)
         "note": "{other}",
     }
     assert _with_run_dirs(overlay, tmp_path, None)["teachers_from"] == f"{tmp_path}/baseline/models/teachers.pt"
+
+
+def test_an_interrupted_retrain_leaves_no_result_to_reuse(tmp_path, monkeypatch):
+    """A run retrained with a new overlay loses its curves at once; its old result must go with them, or a rerun
+    with the old overlay would reuse a result whose curves are gone."""
+    import common.ablation
+
+    run = Run(name="baseline", settings={}, overlay={"epochs": 2})
+    run_dir = tmp_path / "baseline"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "eval" / "events.out.tfevents.1.host").write_bytes(b"curves of the first training")
+    old_overlay = {"epochs": 1, "bundle_root": str(tmp_path), "ckpt_dir": str(run_dir / "models"),
+                   "output_dir": str(run_dir / "eval")}  # fmt: skip
+    (run_dir / "result.json").write_text(json.dumps({"status": "ok", "overlay": old_overlay}))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common.ablation, "count_parameters", lambda *a, **k: 0)
+    monkeypatch.setattr(common.ablation, "monai_bundle_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(tmp_path, [run], tmp_path, log=lambda _: None)
+    assert not (run_dir / "result.json").exists()
+    assert not list((run_dir / "eval").glob("events.out.tfevents.*"))
