@@ -137,9 +137,10 @@ study-fct: setup
 # The phantom COHRA study of bundles/cohra_unet_brats (its README states the design): COHRA-UNet next to MONAI
 # SegResNet and the MTCM-KD backbone, the same 24 phantoms of 64x64x48 (12 training / 7 validation / 5 held-out
 # test), 32^3 patches, 200 epochs of 6 steps and the same schedule for every arm, 3 seeds; tables and curves in
-# data/study_cohra/runs. About 3 hours on 2 quiet CPU cores: 1200 steps per run at about 0.80 s (COHRA-UNet),
-# 0.62 s (MTCM-KD backbone) and 0.20 s (SegResNet) per training step, plus 20 validations of 7 phantoms; much
-# longer on shared cores. Reruns reuse finished runs.
+# data/study_cohra/runs. About 2.5 hours on 2 quiet CPU cores: 1200 steps per run at an estimated 0.62-0.80 s
+# (COHRA-UNet), 0.52-0.62 s (MTCM-KD backbone) and 0.16-0.20 s (SegResNet) per training step, plus 20 validations
+# of 7 phantoms. On cores shared with other jobs run `OMP_NUM_THREADS=1 make study-cohra`: 2 threads per process
+# oversubscribe them (the SegResNet pilot's steps took 7 s instead of 0.4 s). Reruns reuse finished runs.
 # COHRA_STUDY_SEEDS and COHRA_STUDY_BASE (extra --base overlays) exist for the slow-tier test that runs it on a tiny budget.
 COHRA_STUDY ?= $(CURDIR)/data/study_cohra
 COHRA_STUDY_SEEDS ?= 3
