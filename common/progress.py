@@ -56,6 +56,19 @@ def progress_enabled(setting: Any = True) -> bool:
         return False
 
 
+class _Bar(tqdm):
+    """A tqdm bar that draws its finished state before it closes.
+
+    tqdm redraws at most every 0.1 s, so a bar that fills within that time and is then cleared (``leave=False``)
+    would never be seen complete; a user watching nested bars should see each reach its total.
+    """
+
+    def close(self) -> None:
+        if not self.disable and self.total and self.n >= self.total and self.last_print_n < self.n:
+            self.refresh()
+        super().close()
+
+
 def progress_bar(
     iterable: Iterable | None = None,
     *,
@@ -71,7 +84,7 @@ def progress_bar(
     one that repeats per case. Use it as a context manager (``with progress_bar(...) as bar``) or close it in a
     ``finally``, so that it is gone before an error is printed.
     """
-    return tqdm(
+    return _Bar(
         iterable,
         total=total,
         desc=desc,

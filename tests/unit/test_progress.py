@@ -81,6 +81,20 @@ def test_no_bars_into_a_file_or_pipe(monkeypatch):
     assert sys.stderr.getvalue() == ""
 
 
+@pytest.mark.parametrize("iterate", [True, False])
+def test_a_bar_that_fills_at_once_is_seen_complete_before_it_is_cleared(monkeypatch, iterate):
+    terminal = on_terminal(monkeypatch)  # tqdm redraws every 0.1 s: this bar fills well within that
+    if iterate:
+        with progress_bar(range(4), desc="slabs") as bar:
+            list(bar)
+    else:
+        with progress_bar(total=4, desc="windows") as bar:
+            bar.update(4)
+    drawn = terminal.getvalue()
+    assert "100%" in drawn and "4/4" in drawn, drawn
+    assert drawn.endswith("\r"), "then cleared"
+
+
 def test_console_logs_go_above_the_bars(monkeypatch):
     on_terminal(monkeypatch)
     logger = logging.getLogger("tests.progress.console")
