@@ -140,7 +140,8 @@ study-fct: setup
 # data/study_cohra/runs. About 2.5 hours on 2 quiet CPU cores: 1200 steps per run at an estimated 0.62-0.80 s
 # (COHRA-UNet), 0.52-0.62 s (MTCM-KD backbone) and 0.16-0.20 s (SegResNet) per training step, plus 20 validations
 # of 7 phantoms. On cores shared with other jobs run `OMP_NUM_THREADS=1 make study-cohra`: 2 threads per process
-# oversubscribe them (the SegResNet pilot's steps took 7 s instead of 0.4 s). Reruns reuse finished runs.
+# oversubscribe them (the SegResNet pilot's steps took 7 s instead of 0.4 s). Reruns reuse finished runs and resume
+# an interrupted one.
 # COHRA_STUDY_SEEDS and COHRA_STUDY_BASE (extra --base overlays) exist for the slow-tier test that runs it on a tiny budget.
 COHRA_STUDY ?= $(CURDIR)/data/study_cohra
 COHRA_STUDY_SEEDS ?= 3
@@ -160,7 +161,8 @@ study-cohra: setup
 # the paper's Algorithm 1 (all training cases, predicting them; the first also predicts the test cases) and 3 out of
 # fold (3 folds); then RefNet arms changed one at a time from the paper's recipe (configs/study_refnet.json), 900
 # steps each, 3 seeds; tables (refinement_seeds.md: per organ, raw / refined / change, mean ± SD) and curves in
-# data/study_refnet/runs. Reruns reuse finished base models and runs. Several hours on 2 CPU cores.
+# data/study_refnet/runs. Reruns reuse finished base models and runs and resume an interrupted run. Several hours on
+# 2 CPU cores.
 # REFNET_STUDY_SIZE, REFNET_STUDY_SEEDS, REFNET_STUDY_BASE_MODEL and REFNET_STUDY_BASE (extra --base overlays of the
 # RefNet runs) exist for the slow-tier test that runs it on a tiny budget.
 REFNET_STUDY ?= $(CURDIR)/data/study_refnet

@@ -46,9 +46,14 @@ Each run lives in ``<out>/<run>/``: ``overlay.json``, ``train.log``, ``evaluate.
 and ``result.json``. Training is ``python -m monai.bundle run --config_file "[train.json, overlay.json]"`` and
 evaluation stacks ``evaluate.json`` as well, both from the bundle root, exactly as a user runs them; config paths
 in overlays (``%configs/...``) are therefore relative to the bundle root. A run whose ``result.json`` records the
-same overlay and success is not repeated, so an interrupted study continues where it stopped; a run trained again
-first loses the TensorBoard event files of its earlier attempt, so that its curves show one training. A failed
-run is recorded with its log and the study goes on; the command exits non-zero if any run failed.
+same overlay and success is not repeated, so an interrupted study continues where it stopped; a run whose training
+was interrupted (killed, the machine stopped) with the same overlay resumes from its newest epoch checkpoint (the
+bundle's ``resume`` id), its log appended to, its curves kept, and ``result.json`` naming the epochs it resumed
+from (``resumed_from_epochs``; ``train_seconds`` counts the kept work, not the redone part or the pause). A resumed
+run draws other random patches after the checkpoint than an uninterrupted one would: the same recipe, not the
+same numbers. Any other run trained again first loses the TensorBoard event files and checkpoints of its earlier
+attempt, so that its curves show one training. A failed run is recorded with its log and the study goes on; the
+command exits non-zero if any run failed.
 
 The results table (``<out>/results.csv`` and ``<out>/results.md``) has one row per run: axis, setting,
 parameter count, training and evaluation wall time, and every aggregated metric of the evaluation's
@@ -83,6 +88,7 @@ import os
 import re
 import statistics
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,6 +341,43 @@ def _with_run_dirs(overlay: Mapping[str, Any], out: Path, seed: int | None) -> d
     return {k: RUN_DIR_FIELD.sub(folder, v) if isinstance(v, str) else v for k, v in overlay.items()}
 
 
+ATTEMPT_FILE = "training_attempt.json"
+
+
+def _interrupted_checkpoint(run_dir: Path, overlay: Mapping[str, Any]) -> Path | None:
+    """The checkpoint to resume ``run_dir``'s training from: its newest intact epoch checkpoint when an earlier
+    attempt with the same overlay started (and left no result), else ``None``."""
+    from common.engines.checkpoints import CheckpointNotFoundError, latest_checkpoint
+
+    if not (run_dir / ATTEMPT_FILE).is_file() or not (run_dir / "overlay.json").is_file():
+        return None
+    if json.loads((run_dir / "overlay.json").read_text()) != overlay:
+        return None
+    try:
+        return Path(latest_checkpoint(run_dir / "models"))
+    except CheckpointNotFoundError:
+        return None
+
+
+def _start_attempt(run_dir: Path, checkpoint: Path | None) -> float:
+    """Record the start of a training attempt in ``<run>/training_attempt.json``; return the training seconds
+    that the kept work took before it: from the start of each earlier attempt to the checkpoint it left.
+
+    The work an interrupted attempt did after its last checkpoint is done again, so it does not count; neither
+    does the time the run lay interrupted.
+    """
+    attempt_file = run_dir / ATTEMPT_FILE
+    seconds_before, resumed_from = 0.0, []
+    if checkpoint is not None:
+        previous = json.loads(attempt_file.read_text())
+        seconds_before = previous["seconds_before"] + max(0.0, checkpoint.stat().st_mtime - previous["started"])
+        resumed_from = [*previous["resumed_from_epochs"], int(checkpoint.stem.rsplit("=", 1)[-1])]
+    atomic_write_json(
+        attempt_file, {"started": time.time(), "seconds_before": seconds_before, "resumed_from_epochs": resumed_from}
+    )
+    return seconds_before
+
+
 def run_study(
     bundle_root: str | os.PathLike,
     runs: Sequence[Run],
@@ -369,22 +412,37 @@ def run_study(
                 log(f"[{i}/{len(runs)}] {run.label}: done before, reusing {result_file}")
                 results.append({**previous, "run_dir": str(run_dir)})
                 continue
+        # a run that ended (failed, or with another overlay) starts again; one stopped midway has no result
+        checkpoint = None if result_file.is_file() else _interrupted_checkpoint(run_dir, overlay)
         run_dir.mkdir(parents=True, exist_ok=True)
         # the earlier result goes with the curves it described: an interrupted retrain must not leave it reusable
         result_file.unlink(missing_ok=True)
-        if (run_dir / "eval").is_dir():
-            _remove_event_files(run_dir / "eval")
-        atomic_write_json(run_dir / "overlay.json", overlay)
+        if checkpoint is None:
+            if (run_dir / "eval").is_dir():
+                _remove_event_files(run_dir / "eval")
+            for stale in (run_dir / "models").glob("checkpoint_epoch=*.pt"):  # a later resume must not pick them
+                stale.unlink()
+            (run_dir / ATTEMPT_FILE).unlink(missing_ok=True)
+            atomic_write_json(run_dir / "overlay.json", overlay)
         record: dict[str, Any] = {"run": run.name, "settings": run.settings, "overlay": overlay}
         if run.seed is not None:
             record["seed"] = run.seed
         record["run_dir"] = str(run_dir)
-        log(f"[{i}/{len(runs)}] {run.label}: training ...")
+        stack = [bundle_root / c for c in train_configs] + [run_dir / "overlay.json"]
+        if checkpoint is None:
+            log(f"[{i}/{len(runs)}] {run.label}: training ...")
+        else:
+            log(f"[{i}/{len(runs)}] {run.label}: interrupted before, resuming from {checkpoint.name} ...")
+            atomic_write_json(run_dir / "resume.json", {"resume": True})
+            stack.append(run_dir / "resume.json")
         try:
-            stack = [bundle_root / c for c in train_configs] + [run_dir / "overlay.json"]
             record["parameters"] = count_parameters(stack, cwd=bundle_root)
-            seconds = monai_bundle_run(stack, cwd=bundle_root, log_file=run_dir / "train.log")
-            record["train_seconds"] = round(seconds, 1)
+            seconds_before = _start_attempt(run_dir, checkpoint)
+            seconds = monai_bundle_run(
+                stack, cwd=bundle_root, log_file=run_dir / "train.log", append=checkpoint is not None
+            )
+            record["train_seconds"] = round(seconds_before + seconds, 1)
+            record["resumed_from_epochs"] = json.loads((run_dir / ATTEMPT_FILE).read_text())["resumed_from_epochs"]
             log(f"[{i}/{len(runs)}] {run.label}: evaluating ...")
             stack = [bundle_root / c for c in evaluate_configs] + [run_dir / "overlay.json"]
             seconds = monai_bundle_run(stack, cwd=bundle_root, log_file=run_dir / "evaluate.log")

@@ -35,11 +35,13 @@ def monai_bundle_run(
     log_file: str | os.PathLike | None = None,
     env: Mapping[str, str] | None = None,
     python: str = sys.executable,
+    append: bool = False,
 ) -> float:
     """Run ``python -m monai.bundle run`` on stacked config files and return the wall time in seconds.
 
     Output goes to ``log_file`` (or is inherited). A failure raises ``RuntimeError`` carrying the last 40 lines
-    of the log, where MONAI's traceback and our own error messages are.
+    of the log, where MONAI's traceback and our own error messages are. ``append`` adds to an existing log
+    (a resumed training keeps the log of its interrupted attempt above its own).
     """
     files = "[" + ",".join(repr(str(f)) for f in config_files) + "]"
     cmd = [python, "-m", "monai.bundle", "run", "--config_file", files]
@@ -51,7 +53,7 @@ def monai_bundle_run(
     else:
         log_file = Path(log_file)
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "w") as log:
+        with open(log_file, "a" if append else "w") as log:
             log.write("$ " + " ".join(cmd) + "\n\n")
             log.flush()
             proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)

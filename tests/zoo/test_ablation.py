@@ -422,3 +422,51 @@ def test_an_interrupted_retrain_leaves_no_result_to_reuse(tmp_path, monkeypatch)
         run_study(tmp_path, [run], tmp_path, log=lambda _: None)
     assert not (run_dir / "result.json").exists()
     assert not list((run_dir / "eval").glob("events.out.tfevents.*"))
+
+
+def test_a_killed_study_resumes_its_interrupted_run_from_the_last_checkpoint(tmp_path):
+    """A study killed mid-run (machine stopped, session over) continues that run from its newest checkpoint: the
+    training log keeps both attempts, the curves cover every epoch once, and the training time counts only the
+    kept work."""
+    import os
+    import signal
+    import time
+
+    from common.curves import read_scalars
+    from common.engines import latest_checkpoint
+
+    data = tmp_path / "brats"
+    generate_brats(data, cases=4, size=(48, 48, 32), seed=2, workers=1, verbose=False)
+    write_split_file(data, tmp_path / "split.json", folds=2, seed=0)
+    base = {"dataset_dir": str(data), "split_file": str(tmp_path / "split.json"), "roi_size": [32, 32, 32],
+            "network_def#channels": [8, 16, 32, 64], "network_def#transformer_heads": 4, "epochs": 8,
+            "val_interval": 1, "num_workers": 0}  # fmt: skip
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "common.ablation", "--bundle-root", str(COHRA), "--grid",
+           str(COHRA / "configs" / "ablation.json"), "--axes", "network", "--base", str(tmp_path / "base.json"),
+           "--out", str(out)]  # fmt: skip
+    run_dir = out / "baseline"
+
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=zoo.bundle_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not list((run_dir / "models").glob("checkpoint_epoch=2.pt")):
+        assert first.poll() is None and time.monotonic() < deadline, "the first attempt ended before epoch 2"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    killed_at = int(Path(latest_checkpoint(run_dir / "models")).stem.rsplit("=", 1)[-1])
+    assert 2 <= killed_at < 8 and not (run_dir / "result.json").exists()
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=zoo.bundle_env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"baseline: interrupted before, resuming from checkpoint_epoch={killed_at}.pt" in again.stdout
+    assert "network=segresnet: training ..." in again.stdout, "a run never started starts from scratch"
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["status"] == "ok" and record["resumed_from_epochs"] == [killed_at]
+    assert 0 < record["train_seconds"]
+    assert (run_dir / "train.log").read_text().count("$ ") == 2, "both attempts' logs"
+    assert sorted(read_scalars(run_dir / "eval")["val_mean_dice"]) == list(range(1, 9))
+    segresnet = json.loads((out / "network=segresnet" / "result.json").read_text())
+    assert segresnet["resumed_from_epochs"] == []
