@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: setup test test-integration test-slow bench bench-full study-crossval study-kd study-fct study-refnet study-cohra demo verify package lint clean
+.PHONY: setup test test-integration test-slow bench bench-avx2 bench-full study-crossval study-kd study-fct study-refnet study-cohra demo verify package lint clean
 
 setup: $(STAMP)
 
@@ -79,6 +79,12 @@ test-slow: setup
 # bench/results/<timestamp>.{json,md} and bench/results/latest.{json,md}.
 bench: setup
 	$(PY) -m bench.run --out bench/results
+
+# The same measurements on the path of an AVX2-only CPU (no AVX-512, no bf16), emulated on this one: oneDNN and
+# PyTorch's kernels restricted to AVX2 (common/cpu.py). The clock, caches and memory stay this machine's; the report
+# names both kinds. Results in bench/results/avx2_emulated.
+bench-avx2: setup
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m bench.run --out bench/results/avx2_emulated
 
 # bench plus what its budget leaves out (the whole-case fp32 passes of the three slowest networks, the allocator
 # ablations, the FCT-vs-BasicUNet Dice comparison, the RefNet cascade's time and peak memory on a 512x512x400 CT):

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.cpu import describe_cpu
+
 __all__ = [
     "GROUPS",
     "UNITS",
@@ -177,36 +179,16 @@ def run_isolated(target: str, timeout: float | None = None, **kwargs: Any) -> di
     return json.loads(lines[-1][len("BENCH_RESULT ") :])
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
     """CPU model, cores, library versions, thread count and the SIMD flags that decide the fast paths (no hostname)."""
     import monai
     import numpy
     import torch
 
-    flags = _cpu_flags()
+    cpu = describe_cpu()
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu["cpu_model"],
+        "cpu_kind": cpu["kind"],
         "machine": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
         "logical_cores": os.cpu_count(),
@@ -218,9 +200,11 @@ def machine_info() -> dict:
         "numpy": numpy.__version__,
         "onnxruntime": _version_or_none("onnxruntime"),
         "cuda_available": torch.cuda.is_available(),
-        "mkldnn_bf16_supported": bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
-        and "avx512_bf16" in flags,
-        "cpu_flags": {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")},
+        "mkldnn_bf16_supported": cpu["native_bf16"],
+        "fast_cpu_precision": cpu["fast_cpu_precision"],
+        "kernel_isa": cpu["kernel_isa"],
+        "restricted_isa": cpu["restricted_isa"],
+        "cpu_flags": cpu["flags"],
     }
 
 

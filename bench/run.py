@@ -58,7 +58,9 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m['cpu_model']}, {m['logical_cores']} logical cores, {report['threads']} torch threads; "
         f"python {m['python']}, torch {m['torch']}, monai {m['monai']}, numpy {m['numpy']}; "
-        f"AVX-512 BF16: {m['cpu_flags'].get('avx512_bf16')}, AMX: {m['cpu_flags'].get('amx_bf16')}.",
+        f"CPU kind: {m['cpu_kind']}; `fast_cpu` runs in {m['fast_cpu_precision']}; flags: "
+        + ", ".join(f"{flag} {'yes' if has else 'no'}" for flag, has in m["cpu_flags"].items())
+        + ".",
         f"Command: `{report['command']}`"
         + (" (quick smoke mode: tiny shapes, not a measurement)" if report["quick"] else "")
         + f". Wall time of the whole run: {report['wall_s']:.0f} s"

@@ -49,6 +49,7 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils import ensure_tuple_rep, fall_back_tuple
 
 from common.allocator import retain_freed_memory
+from common.cpu import native_bf16
 from common.progress import progress_bar, progress_enabled
 
 __all__ = ["FastInferer", "bf16_supported", "channels_last_format", "sliding_window_count"]
@@ -60,10 +61,7 @@ def bf16_supported(device: torch.device | str) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        # oneDNN emulates bf16 on older CPUs, slower than float32; only use it where the hardware does it natively
-        if not torch.backends.mkldnn.is_available():
-            return False
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return native_bf16()  # oneDNN emulates bf16 on AVX2-only CPUs, far slower than float32 (common.cpu)
     return False
 
 
