@@ -1,7 +1,8 @@
 """Every bundle trains, evaluates and infers through ``python -m monai.bundle run``, as the demo runs it.
 
-The demo spec of each bundle (``configs/demo.json``) gives the phantoms and sizes; here training is cut to one
-epoch with validation, which is enough to exercise every stage and every output the report needs.
+The demo spec of each bundle (``configs/demo.json``, without its ``demo_only`` section) gives the phantoms and sizes;
+here training is cut to one epoch with validation, which is enough to exercise every stage and every output the
+report needs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("bundle", BUNDLES_UNDER_TEST, ids=[b.name for b in BUNDLES_UNDER_TEST])
 def test_train_evaluate_infer(bundle: Path, tmp_path: Path, data_root: Path):
-    summary = demo.run_bundle(bundle, tmp_path, data_root, train_overrides=QUICK)
+    summary = demo.run_bundle(bundle, tmp_path, data_root, train_overrides=QUICK, demo_only=False)
     out = tmp_path / bundle.name
     assert (out / "models" / "model.pt").is_file(), "training saved no best-metric checkpoint"
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
