@@ -51,8 +51,12 @@ from monai.utils import ensure_tuple_rep, fall_back_tuple
 from common.allocator import retain_freed_memory
 from common.cpu import native_bf16
 from common.progress import progress_bar, progress_enabled
+from common.settings import SettingError
 
-__all__ = ["FastInferer", "bf16_supported", "channels_last_format", "sliding_window_count"]
+__all__ = ["RUNTIMES", "FastInferer", "bf16_supported", "channels_last_format", "sliding_window_count"]
+
+#: The runtimes of the fast path: PyTorch itself, or OpenVINO on CPU (:mod:`common.openvino_runtime`).
+RUNTIMES = ("torch", "openvino")
 
 
 def bf16_supported(device: torch.device | str) -> bool:
@@ -115,6 +119,13 @@ class _FastForward:
         return _to_float32(self.network(x, *args, **kwargs))
 
 
+def _runs_on_openvino(network: Any) -> bool:
+    from common.openvino_runtime import OpenVINONetwork
+
+    counted = network.network if isinstance(network, _CountWindows) else network
+    return isinstance(counted, OpenVINONetwork)
+
+
 def _to_float32(out: Any) -> Any:
     if isinstance(out, torch.Tensor):
         return out.float().contiguous() if out.is_floating_point() else out
@@ -153,6 +164,11 @@ class FastInferer(Inferer):
             2D slices gain a little from batches (RefNet: 16 at a time about 10 % faster a volume).
         progress: show a bar over the windows when ``inferer`` is a ``SlidingWindowInferer`` (``SliceInferer``
             included), cleared after each pass; shown only where :func:`common.progress.progress_enabled` allows.
+        runtime: ``"torch"`` (the passes above) or ``"openvino"``: on CPU inputs, a torch module is run by OpenVINO
+            (:class:`common.openvino_runtime.OpenVINONetwork`, bf16 under the same rule, converted models cached
+            on disk); inputs on a GPU keep the torch passes.
+        openvino_cache_dir: where ``"openvino"`` keeps converted models (default
+            :func:`common.openvino_runtime.default_cache_dir`).
 
     ``inputs`` is a batch ``(B, C, *spatial)`` on any device; the autocast device type is taken from it, so the
     same config runs on CUDA (bf16 there too on Ampere and newer) and on CPU. Outputs are float32 and are not
@@ -169,6 +185,8 @@ class FastInferer(Inferer):
         retain_memory: bool = True,
         cpu_sw_batch_size: int | None = None,
         progress: bool = False,
+        runtime: str = "torch",
+        openvino_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if not callable(inferer):
@@ -183,8 +201,14 @@ class FastInferer(Inferer):
             raise ValueError(f"FastInferer: cpu_sw_batch_size must be >= 1 or None, got {cpu_sw_batch_size}.")
         self.cpu_sw_batch_size = None if cpu_sw_batch_size is None else int(cpu_sw_batch_size)
         self.progress = bool(progress)
+        if runtime not in RUNTIMES:
+            raise SettingError(f"fast_cpu_runtime: expected one of {list(RUNTIMES)}, got {runtime!r}")
+        self.runtime = runtime
+        self.openvino_cache_dir = openvino_cache_dir
+        self._openvino: dict[tuple[int, str], Any] = {}  # (id of the network, digest of its weights) -> runtime
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        network = self._on_runtime(inputs, network)
         with self._window_bar(inputs) as bar:
             if not bar.disable:
                 network = _CountWindows(network, bar)
@@ -200,6 +224,20 @@ class FastInferer(Inferer):
         total = sliding_window_count(self.inferer, inputs) if shown else None
         return progress_bar(total=total, desc="windows", unit="window", enabled=shown)
 
+    def _on_runtime(self, inputs: Any, network: Callable[..., Any]) -> Callable[..., Any]:
+        """``network`` as the runtime runs it: the module itself, or its OpenVINO stand-in on CPU inputs (one per
+        network and weights: a checkpoint loaded into the same module later gets its own)."""
+        on_cpu = not isinstance(inputs, torch.Tensor) or inputs.device.type == "cpu"
+        if not (self.enabled and self.runtime == "openvino" and on_cpu and isinstance(network, torch.nn.Module)):
+            return network
+        from common.openvino_runtime import OpenVINONetwork, weights_digest
+
+        key = (id(network), weights_digest(network))
+        if key not in self._openvino:
+            self._openvino = {k: v for k, v in self._openvino.items() if k[0] != id(network)}  # stale weights
+            self._openvino[key] = OpenVINONetwork(network, self.bf16, self.openvino_cache_dir, digest=key[1])
+        return self._openvino[key]
+
     def _run(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self.enabled:
             return self.inferer(inputs, network, *args, **kwargs)
@@ -213,6 +251,10 @@ class FastInferer(Inferer):
                 inferer = copy.copy(inferer)  # the bundle's inferer itself keeps its setting (GPU runs, repr)
                 inferer.sw_batch_size = self.cpu_sw_batch_size
         grad_off = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        if _runs_on_openvino(network):  # its own precision and memory layout
+            with grad_off:
+                out = inferer(inputs, network, *args, **kwargs)
+            return _outside_inference_mode(out)
         forward = _FastForward(network, self.channels_last)
         with grad_off, torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = inferer(inputs, forward, *args, **kwargs)
@@ -223,5 +265,5 @@ class FastInferer(Inferer):
             f"FastInferer({self.inferer!r}, enabled={self.enabled}, bf16={self.bf16}, "
             f"channels_last={self.channels_last}, inference_mode={self.inference_mode}, "
             f"retain_memory={self.retain_memory}, cpu_sw_batch_size={self.cpu_sw_batch_size}, "
-            f"progress={self.progress})"
+            f"progress={self.progress}, runtime={self.runtime!r})"
         )
