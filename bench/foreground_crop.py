@@ -12,9 +12,11 @@ Run: ``python -m bench.foreground_crop --out DIR [--cases 3] [--networks cohra s
   ``SaveImaged``), built from its ``inference.json``, timed from the raw image to the label map on the full grid.
   Paths: the model zoo's fp32 eager path without the crop (the reference), ``fast_cpu`` without and with the crop
   at overlap 0.5, ``fast_cpu`` with the crop at overlap 0.25, and ``fast_cpu`` with the crop in one window
-  (``one_window``: the box padded to a multiple of 16). Agreement: Dice of every BraTS label of the label map against
-  the reference's (1 if neither has the label); next to it, each label map's Dice against the phantom's own truth,
-  which says how well trained the weights are (agreement on weights that segment nothing says little).
+  (``one_window``: the box padded to a multiple of 16), then without the crop and with it in one window on OpenVINO
+  (``fast_cpu_runtime``; the one-off conversion of each window shape, kept in ``--work-dir``/openvino, is left out
+  by timing a second pass). Agreement: Dice of every BraTS label of the label map against the reference's (1 if
+  neither has the label); next to it, each label map's Dice against the phantom's own truth, which says how well
+  trained the weights are (agreement on weights that segment nothing says little).
 
 Weights are the briefly phantom-trained ones of ``make bench`` (:func:`bench.inference.train_weights`, cached in
 ``--work-dir``). One process, torch threads fixed by ``--threads``, freed memory kept from the start
@@ -44,13 +46,15 @@ NETWORKS = {
     "cohra": ("cohra_unet_brats", "inferer#inferer#overlap"),
     "student": ("mtcm_kd_t1ce_student", "volume_inferer#overlap"),
 }
-#: (name, fast_cpu, crop_foreground, overlap, one_window); the first is the reference of the agreement.
+#: (name, fast_cpu, crop_foreground, overlap, one_window, fast_cpu_runtime); the first is the agreement's reference.
 PATHS = (
-    ("fp32 eager, no crop, overlap 0.5", False, False, 0.5, False),
-    ("fast_cpu, no crop, overlap 0.5", True, False, 0.5, False),
-    ("fast_cpu, crop, overlap 0.5", True, True, 0.5, False),
-    ("fast_cpu, crop, overlap 0.25", True, True, 0.25, False),
-    ("fast_cpu, crop, one window", True, True, 0.5, True),
+    ("fp32 eager, no crop, overlap 0.5", False, False, 0.5, False, "torch"),
+    ("fast_cpu, no crop, overlap 0.5", True, False, 0.5, False, "torch"),
+    ("fast_cpu, crop, overlap 0.5", True, True, 0.5, False, "torch"),
+    ("fast_cpu, crop, overlap 0.25", True, True, 0.25, False, "torch"),
+    ("fast_cpu, crop, one window", True, True, 0.5, True, "torch"),
+    ("fast_cpu openvino, no crop, overlap 0.5", True, False, 0.5, False, "openvino"),
+    ("fast_cpu openvino, crop, one window", True, True, 0.5, True, "openvino"),
 )
 #: BraTS 2021 label of each phantom region code (1 NCR, 2 ED, 3 ET).
 PHANTOM_LABELS = {1: 1, 2: 2, 3: 4}
@@ -93,17 +97,7 @@ def window_table(cases: int) -> list[dict]:
     return rows
 
 
-class _Counted:
-    def __init__(self, network) -> None:
-        self.network = network
-        self.items = 0
-
-    def __call__(self, x, *args, **kwargs):
-        self.items += int(x.shape[0])
-        return self.network(x, *args, **kwargs)
-
-
-def bundle_pipeline(key: str, fast: bool, crop: bool, overlap: float, one_window: bool, state: dict):
+def bundle_pipeline(key: str, fast: bool, crop: bool, overlap: float, one_window: bool, runtime: str, state: dict):
     """The bundle's preprocessing (no file reading), network with the phantom weights, inferer, postprocessing (no
     writing), from its inference.json."""
     from monai.transforms import Compose, LoadImaged, SaveImaged
@@ -115,6 +109,7 @@ def bundle_pipeline(key: str, fast: bool, crop: bool, overlap: float, one_window
     parser = _bundle_parser(bundle, quick=False, fast=fast)
     parser["crop_foreground"] = crop
     parser["one_window"] = one_window
+    parser["fast_cpu_runtime"] = runtime
     parser[overlap_key] = overlap
     parser["progress"] = False
     parser["et_label"] = 4
@@ -130,17 +125,19 @@ def bundle_pipeline(key: str, fast: bool, crop: bool, overlap: float, one_window
 
 
 def run_case(key: str, image, pipeline) -> tuple[np.ndarray, float, int]:
+    """The label map, the seconds from raw image to label map, and the windows the network ran."""
+    from common.fast_inference import sliding_window_count
+
     preprocessing, network, inferer, post = pipeline
-    counted = _Counted(network)
     start = time.perf_counter()
     d = preprocessing({"image": image.clone()})
     with torch.no_grad():  # as SupervisedEvaluator runs its inferer
-        pred = inferer(d["image"][None], counted)[0]
+        pred = inferer(d["image"][None], network)[0]
     d["pred"] = pred
     d = post(d)
     seconds = time.perf_counter() - start
     labels = np.asarray(d["pred"]).astype(np.uint8)[0]
-    return labels, seconds, counted.items
+    return labels, seconds, sliding_window_count(inferer.inferer, d["image"][None])
 
 
 def dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -165,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     # one value of the label map, and halves an fp32 pass (the allocator ablation of make bench-full). The fast path
     # keeps it anyway, so the first measurement would otherwise be the only one without it.
     retain_freed_memory()
+    os.environ.setdefault("ZOO_OPENVINO_CACHE", str(args.work_dir / "openvino"))
     args.out.mkdir(parents=True, exist_ok=True)
     from monai.data import MetaTensor
 
@@ -192,9 +190,11 @@ def main(argv: list[str] | None = None) -> None:
             truth = np.zeros(GRID, np.uint8)
             for code, label in PHANTOM_LABELS.items():
                 truth[case.regions == code] = label
-            for name, fast, crop, overlap, one_window in PATHS:
-                pipeline = bundle_pipeline(key, fast, crop, overlap, one_window, state)
+            for name, fast, crop, overlap, one_window, runtime in PATHS:
+                pipeline = bundle_pipeline(key, fast, crop, overlap, one_window, runtime, state)
                 labels, seconds, windows = run_case(key, image, pipeline)
+                if runtime == "openvino":  # the first case converted the network: time a second pass
+                    labels, seconds, windows = run_case(key, image, pipeline)
                 assert labels.shape == GRID, f"{key} {name}: label map {labels.shape}, expected {GRID}"
                 if reference is None:
                     reference = labels

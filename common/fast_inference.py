@@ -26,6 +26,9 @@ overlap and blending, same network and weights):
 * **float32 outputs**: each window's logits are cast back to float32 before the sliding window blends them, so the
   Gaussian-weighted sum and the thresholds/argmax of postprocessing see full precision.
 
+With ``runtime="openvino"`` (``fast_cpu_runtime`` in ``inference.json``, opt-in) OpenVINO runs the network on
+CPU instead of the passes above (:mod:`common.openvino_runtime`); the windows, blending and postprocessing stay.
+
 With ``progress`` (independent of ``enabled``) it shows a bar over the windows of a sliding window, cleared after
 each pass; :mod:`common.progress` decides where bars are shown. MONAI's own ``SlidingWindowInferer(progress=True)`` is
 not used for it: its bar counts window batches, stays on screen after every pass (one line per case and per TTA
