@@ -5,7 +5,7 @@ The projects' machines, and users' workstations, come in two kinds that need dif
 * **AVX-512 BF16** (and AMX on newer Intel Xeons): oneDNN runs bf16 convolutions and matrix multiplies natively,
   about twice the float32 rate or more, so ``fast_cpu`` uses bf16 autocast.
 * **AVX2 only** (most workstations, many hospital servers, older EPYCs): oneDNN emulates bf16 far slower than
-  float32 (a 3D convolution took 500x longer here), so ``fast_cpu`` stays in float32.
+  float32 (orders of magnitude for a 3D convolution), so ``fast_cpu`` stays in float32.
 
 :func:`describe_cpu` reads both what the hardware has (``/proc/cpuinfo`` flags) and what the kernels may use, which
 can be less: ``ONEDNN_MAX_CPU_ISA=AVX2`` with ``ATEN_CPU_CAPABILITY=avx2`` restricts oneDNN and PyTorch's own
