@@ -27,14 +27,16 @@ from typing import Any
 import torch
 
 from common.cpu import native_bf16
+from common.settings import SettingError
 
 __all__ = ["OpenVINONetwork", "OpenVINOUnavailableError", "default_cache_dir", "weights_digest"]
 
 PINNED = "openvino==2026.4.1"
 
 
-class OpenVINOUnavailableError(RuntimeError):
-    """``fast_cpu_runtime`` asks for OpenVINO where it is not installed."""
+class OpenVINOUnavailableError(SettingError):
+    """``fast_cpu_runtime`` asks for OpenVINO where it is not installed, or OpenVINO cannot convert the network; a
+    bundle run ends with its message as the ``error:`` line (:mod:`common.errors`)."""
 
 
 def _openvino() -> Any:
@@ -101,8 +103,15 @@ class OpenVINONetwork:
     def _convert(self, x: torch.Tensor, folder: Path) -> None:
         """Convert for ``x``'s shape and save into ``folder`` whole (a temporary folder renamed into place)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with torch.no_grad():  # a static input shape: 8-15 % faster, and Swin UNETR's shape arithmetic folds away
-            model = self.ov.convert_model(self.network, example_input=x, input=[tuple(x.shape)])
+        try:
+            with torch.no_grad():  # a static input shape: 8-15 % faster, and Swin UNETR's shape arithmetic folds away
+                model = self.ov.convert_model(self.network, example_input=x, input=[tuple(x.shape)])
+        except Exception as e:  # the converter's own errors are many and long
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise OpenVINOUnavailableError(
+                f"fast_cpu_runtime: OpenVINO could not convert {type(self.network).__name__} for input shape "
+                f"{list(x.shape)} ({first}); set fast_cpu_runtime to 'torch'"
+            ) from e
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=self.cache_dir))
         try:
             self.ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)

@@ -98,6 +98,19 @@ def test_without_openvino_the_error_says_how_to_install_it(tmp_path, monkeypatch
         _openvino_inferer(tmp_path)(torch.rand(1, 2, 16, 16, 16), _net())
 
 
+def test_a_network_openvino_cannot_convert_is_named_with_the_way_out(tmp_path, monkeypatch):
+    import openvino
+
+    def converter_failure(*args, **kwargs):  # what the converter raises for an operation it does not support
+        raise RuntimeError("Check 'is_conversion_successful' failed\nno translator for aten::some_op")
+
+    monkeypatch.setattr(openvino, "convert_model", converter_failure)
+    message = r"OpenVINO could not convert Sequential for input shape \[1, 2, 8, 8, 8\] \(Check 'is_conversion_succ"
+    with pytest.raises(OpenVINOUnavailableError, match=message + r".*\); set fast_cpu_runtime to 'torch'$"):
+        OpenVINONetwork(_net(), bf16=False, cache_dir=tmp_path)(torch.rand(1, 2, 8, 8, 8))
+    assert not list(tmp_path.glob("*/model.xml"))
+
+
 def test_fast_cpu_false_ignores_the_runtime(tmp_path):
     net, x = _net(), torch.rand(1, 2, 16, 16, 16)
     FastInferer(WINDOW, enabled=False, runtime="openvino", openvino_cache_dir=str(tmp_path))(x, net)
