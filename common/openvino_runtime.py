@@ -13,6 +13,9 @@ shape (8-15 % faster than the dynamic one), and compiles it for the CPU in bf16 
 (:func:`common.cpu.native_bf16`), else in float32. Converted models are kept on disk, keyed by the network's class,
 its weights, the shape, the precision and the library versions, so that only the first run on a machine pays for
 the conversion: ``$ZOO_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/monai_zoo/openvino`` (``~/.cache/...``).
+
+OpenVINO runs its own thread pool, which does not survive ``fork``: a process that forks after OpenVINO ran (e.g.
+``DataLoader`` workers started later) can crash. A bundle run forks its loader workers before the first window.
 """
 
 from __future__ import annotations
