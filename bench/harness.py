@@ -188,7 +188,7 @@ def machine_info() -> dict:
     cpu = describe_cpu()
     return {
         "cpu_model": cpu["cpu_model"],
-        "cpu_kind": cpu["kind"],
+        "cpu": cpu,  # the kind, deciding flags, kernel ISA and the precision fast_cpu takes (common.cpu)
         "machine": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
         "logical_cores": os.cpu_count(),
@@ -200,11 +200,6 @@ def machine_info() -> dict:
         "numpy": numpy.__version__,
         "onnxruntime": _version_or_none("onnxruntime"),
         "cuda_available": torch.cuda.is_available(),
-        "mkldnn_bf16_supported": cpu["native_bf16"],
-        "fast_cpu_precision": cpu["fast_cpu_precision"],
-        "kernel_isa": cpu["kernel_isa"],
-        "restricted_isa": cpu["restricted_isa"],
-        "cpu_flags": cpu["flags"],
     }
 
 

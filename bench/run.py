@@ -58,8 +58,8 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m['cpu_model']}, {m['logical_cores']} logical cores, {report['threads']} torch threads; "
         f"python {m['python']}, torch {m['torch']}, monai {m['monai']}, numpy {m['numpy']}; "
-        f"CPU kind: {m['cpu_kind']}; `fast_cpu` runs in {m['fast_cpu_precision']}; flags: "
-        + ", ".join(f"{flag} {'yes' if has else 'no'}" for flag, has in m["cpu_flags"].items())
+        f"CPU kind: {m['cpu']['kind']}; `fast_cpu` runs in {m['cpu']['fast_cpu_precision']}; flags: "
+        + ", ".join(f"{flag} {'yes' if has else 'no'}" for flag, has in m["cpu"]["flags"].items())
         + ".",
         f"Command: `{report['command']}`"
         + (" (quick smoke mode: tiny shapes, not a measurement)" if report["quick"] else "")
