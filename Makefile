@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: setup test test-integration test-slow bench bench-avx2 bench-full study-crossval study-kd study-fct study-refnet study-cohra demo verify package lint clean
+.PHONY: setup test test-integration test-slow bench bench-avx2 bench-weights bench-full study-crossval study-kd study-fct study-refnet study-cohra demo verify package lint clean
 
 setup: $(STAMP)
 
@@ -85,6 +85,12 @@ bench: setup
 # names both kinds. Results in bench/results/avx2_emulated.
 bench-avx2: setup
 	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m bench.run --out bench/results/avx2_emulated
+
+# Weights that segment the bench's BraTS phantom, for the agreement checks of make bench and bench.foreground_crop
+# (bench/weights.py states the recipe): COHRA-UNet, the student and SegResNet, 300 steps of 64^3 patches each. Once
+# per work directory (bench/results/work/weights); about an hour on 2 cores, most of it COHRA-UNet and the student.
+bench-weights: setup
+	$(PY) -m bench.weights
 
 # bench plus what its budget leaves out (the whole-case fp32 passes of the three slowest networks, the allocator
 # ablations, the FCT-vs-BasicUNet Dice comparison, the RefNet cascade's time and peak memory on a 512x512x400 CT):

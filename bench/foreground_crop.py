@@ -18,10 +18,10 @@ Run: ``python -m bench.foreground_crop --out DIR [--cases 3] [--networks cohra s
   neither has the label); next to it, each label map's Dice against the phantom's own truth, which says how well
   trained the weights are (agreement on weights that segment nothing says little).
 
-Weights are the briefly phantom-trained ones of ``make bench`` (:func:`bench.inference.train_weights`, cached in
-``--work-dir``). One process, torch threads fixed by ``--threads``, freed memory kept from the start
-(:func:`common.allocator.retain_freed_memory`, for the fp32 eager reference too: same values, half the time); on a
-shared machine read times as ratios within one run.
+Weights are those of ``make bench-weights`` (:mod:`bench.weights`) where it ran, else the few-step ones of ``make
+bench`` (:func:`bench.inference.train_weights`), in ``--work-dir``; the report says which. One process, torch threads
+fixed by ``--threads``, freed memory kept from the start (:func:`common.allocator.retain_freed_memory`, for the fp32
+eager reference too: same values, half the time); on a shared machine read times as ratios within one run.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     from monai.data import MetaTensor
 
-    from bench.inference import CASES, _weights_path, train_weights
+    from bench.inference import CASES, _weights_path, train_weights, weights_description
     from common.synthetic.brats import brats_affine
 
     result: dict = {"machine": machine_info(), "load_average": os.getloadavg(), "windows": window_table(args.cases)}
@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     for key in args.networks:
         trained = train_weights(key, quick=False, work_dir=str(args.work_dir))
         print(f"{key}: weights {'trained' if trained['trained'] else 'cached'}", flush=True)
+        result.setdefault("weights", {})[key] = weights_description(args.work_dir, CASES[key], quick=False)
         state = torch.load(_weights_path(args.work_dir, CASES[key], False), map_location="cpu")
         for k in range(args.cases):
             case = phantom(k)
@@ -209,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| extent (voxels) | windows 0.5 full -> crop | windows 0.25 full -> crop |", "|---|---|---|"]
+    weights = [f"- {key}: {text}" for key, text in result.get("weights", {}).items()]
+    lines = [*weights, ""] if weights else []
+    lines += ["| extent (voxels) | windows 0.5 full -> crop | windows 0.25 full -> crop |", "|---|---|---|"]
     for row in result["windows"]:
         extent = "x".join(map(str, row["box"]))
         lines.append(

@@ -285,6 +285,18 @@ def _weights_path(work_dir: Path, case: Case, quick: bool) -> Path:
     return Path(work_dir) / "weights" / f"{case.key}{'_quick' if quick else ''}.pt"
 
 
+def weights_description(work_dir: Path, case: Case, quick: bool) -> str:
+    """Which weights an agreement was measured on: those of ``make bench-weights`` (bench.weights, with their
+    held-out Dice against the phantom's truth) or the few steps of :func:`train_weights`."""
+    record = _weights_path(work_dir, case, quick).with_suffix(".json")
+    if not record.exists():
+        steps = QUICK_TRAIN_STEPS if quick else case.train_steps or TRAIN_STEPS["2d" if case.data == "vk" else "3d"]
+        return f"weights of {steps} phantom training steps (make bench-weights trains the BraTS networks further)"
+    r = json.loads(record.read_text())
+    dice = " / ".join(f"{d:.2f}" for d in r["curve"][-1]["dice"])
+    return f"weights of make bench-weights ({r['recipe']}; held-out Dice {r['dice_channels']} {dice})"
+
+
 def _patch(image: np.ndarray, label: np.ndarray, size: tuple[int, ...], rng: np.random.Generator):
     """A random patch of ``size`` (spatial), centred on a foreground voxel two times in three."""
     spatial = image.shape[1:]
@@ -359,6 +371,7 @@ def train_weights(case: str, quick: bool, work_dir: str) -> dict:
     else:
         _train_one(spec, nets["net"], data, steps, quick)
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").unlink(missing_ok=True)  # a record of bench.weights would describe other weights
     tmp = path.with_suffix(".tmp")
     torch.save({k: v.state_dict() for k, v in nets.items()}, tmp)
     tmp.replace(path)
@@ -751,8 +764,8 @@ def _case_figures(case: Case, region: str, res: dict[bool, dict], peak: dict, ct
                 f"{case.title}: label-map agreement fast_cpu vs fp32 eager (Dice), {inp}",
                 "Dice",
                 [dice],
-                notes=f"phantom-trained weights; foreground fraction {res[False]['foreground_fraction']:.4f} (eager), "
-                f"{res[True]['foreground_fraction']:.4f} (fast)",
+                notes=f"{weights_description(ctx.work_dir, case, ctx.quick)}; foreground fraction "
+                f"{res[False]['foreground_fraction']:.4f} (eager), {res[True]['foreground_fraction']:.4f} (fast)",
             )
         )
     return figs
