@@ -6,11 +6,11 @@ Run: ``python -m bench.foreground_crop --out DIR [--cases 3] [--networks cohra s
 * **Windows** (no network runs): the sliding-window count (:func:`common.fast_inference.sliding_window_count`, 128^3
   windows) of the whole 240 x 240 x 155 grid and of the box the crop keeps, at overlap 0.5 and 0.25, for the
   default phantoms and for brain extents of real BraTS cases (about 140 x 170 x 140 voxels).
-* **Whole cases**: for each network (COHRA-UNet on the 4 modalities, the MTCM-KD student on T1ce) and each phantom
-  case (``make_brats_case((240, 240, 155), case_rng(7, k))``, the seed of ``bench.inference``'s test case): the
-  bundle's own ``preprocessing`` (without the file-reading transforms), ``inferer`` and ``postprocessing`` (without
-  ``SaveImaged``), built from its ``inference.json``, timed from the raw image to the label map on the full grid.
-  Paths: the model zoo's fp32 eager path without the crop (the reference), ``fast_cpu`` without and with the crop
+* **Whole cases**: for each network (COHRA-UNet and SegResNet on the 4 modalities, the MTCM-KD student on T1ce) and
+  each phantom case (``make_brats_case((240, 240, 155), case_rng(7, k))``, the seed of ``bench.inference``'s test
+  case): the bundle's own ``preprocessing`` (without the file-reading transforms), ``inferer`` and ``postprocessing``
+  (without ``SaveImaged``), built from its ``inference.json``, timed from the raw image to the label map on the full
+  grid. Paths: the model zoo's fp32 eager path without the crop (the reference), ``fast_cpu`` without and with the crop
   at overlap 0.5, ``fast_cpu`` with the crop at overlap 0.25, and ``fast_cpu`` with the crop in one window
   (``one_window``: the box padded to a multiple of 16), then without the crop and with it in one window on OpenVINO
   (``fast_cpu_runtime``; the one-off conversion of each window shape, kept in ``--work-dir``/openvino, is left out
@@ -42,9 +42,25 @@ ROI = (128, 128, 128)
 GRID = (240, 240, 155)
 #: Brain extents (voxels) of real BraTS cases to count windows for: the typical one and a smaller and larger one.
 REAL_EXTENTS = {"typical BraTS brain": (140, 170, 140), "small": (125, 155, 125), "large": (155, 190, 150)}
+#: key: (bundle whose inference.json runs it, its overlap key, network_def replacing the bundle's or None). SegResNet
+#: (the model zoo's brats_mri_segmentation network, as bench.inference builds it) runs in COHRA-UNet's pipeline: the
+#: same four modalities, normalisation and three sigmoid region heads.
 NETWORKS = {
-    "cohra": ("cohra_unet_brats", "inferer#inferer#overlap"),
-    "student": ("mtcm_kd_t1ce_student", "volume_inferer#overlap"),
+    "cohra": ("cohra_unet_brats", "inferer#inferer#overlap", None),
+    "student": ("mtcm_kd_t1ce_student", "volume_inferer#overlap", None),
+    "segresnet": (
+        "cohra_unet_brats",
+        "inferer#inferer#overlap",
+        {
+            "_target_": "SegResNet",
+            "spatial_dims": 3,
+            "in_channels": 4,
+            "out_channels": 3,
+            "init_filters": 16,
+            "blocks_down": [1, 2, 2, 4],
+            "blocks_up": [1, 1, 1],
+        },
+    ),
 }
 #: (name, fast_cpu, crop_foreground, overlap, one_window, fast_cpu_runtime); the first is the agreement's reference.
 PATHS = (
@@ -105,7 +121,7 @@ def bundle_pipeline(key: str, fast: bool, crop: bool, overlap: float, one_window
     from bench.inference import _bundle_parser
     from common.transforms.validation import ValidateImaged, ValidateImageFilesd
 
-    bundle, overlap_key = NETWORKS[key]
+    bundle, overlap_key, network_def = NETWORKS[key]
     parser = _bundle_parser(bundle, quick=False, fast=fast)
     parser["crop_foreground"] = crop
     parser["one_window"] = one_window
@@ -113,6 +129,8 @@ def bundle_pipeline(key: str, fast: bool, crop: bool, overlap: float, one_window
     parser[overlap_key] = overlap
     parser["progress"] = False
     parser["et_label"] = 4
+    if network_def is not None:
+        parser["network_def"] = network_def
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(state["net"])
     network.eval()
@@ -184,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         state = torch.load(_weights_path(args.work_dir, CASES[key], False), map_location="cpu")
         for k in range(args.cases):
             case = phantom(k)
-            modalities = ("t1", "t1ce", "t2", "flair") if key == "cohra" else ("t1ce",)
+            modalities = ("t1ce",) if key == "student" else ("t1", "t1ce", "t2", "flair")
             raw = np.stack([case.images[m].astype(np.float32) for m in modalities])
             image = MetaTensor(torch.from_numpy(raw), affine=torch.from_numpy(brats_affine(GRID)))
             reference = None

@@ -1,4 +1,4 @@
-"""``make bench-weights``: the training of the bench's BraTS networks on small phantoms (the real run is an hour)."""
+"""``make bench-weights`` and the whole-case bench that uses its weights (bench.foreground_crop), on small phantoms."""
 
 from __future__ import annotations
 
@@ -76,3 +76,22 @@ def test_few_step_training_drops_a_stale_record(small_phantoms, monkeypatch):
     assert inference.train_weights("segresnet", quick=True, work_dir=str(small_phantoms))["trained"]
     assert not path.with_suffix(".json").exists()
     assert inference.weights_description(small_phantoms, case, quick=True).startswith("weights of 1 phantom training")
+
+
+def test_foreground_crop_runs_segresnet_in_cohra_pipeline(small_phantoms):
+    """bench.foreground_crop's SegResNet row: COHRA-UNet's preprocessing, inferer and postprocessing around the model
+    zoo's SegResNet, weights as bench.weights saves them; the label map lands on the input grid in BraTS labels."""
+    from monai.data import MetaTensor
+
+    from bench import foreground_crop
+
+    case = inference.CASES["segresnet"]
+    state = {"net": inference.build(case, quick=False, fast=False)[0]["net"].state_dict()}
+    data = np.load(weights.make_data("brats4", "test", False, "")["path"])
+    image = MetaTensor(torch.from_numpy(data["image"] * 100 + 500 * (np.abs(data["image"]) > 0)))
+    crop_one_window = foreground_crop.bundle_pipeline("segresnet", True, True, 0.5, True, "torch", state)
+    assert type(crop_one_window[1]).__name__ == "SegResNet"
+    labels, seconds, windows = foreground_crop.run_case("segresnet", image, crop_one_window)
+    assert labels.shape == data["label"].shape and windows == 1 and seconds > 0
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+    assert foreground_crop.dice_per_label(labels, labels) == {"1": 1.0, "2": 1.0, "4": 1.0}
