@@ -95,3 +95,12 @@ def test_foreground_crop_runs_segresnet_in_cohra_pipeline(small_phantoms):
     assert labels.shape == data["label"].shape and windows == 1 and seconds > 0
     assert set(np.unique(labels)) <= {0, 1, 2, 4}
     assert foreground_crop.dice_per_label(labels, labels) == {"1": 1.0, "2": 1.0, "4": 1.0}
+    edge = foreground_crop.brain_edge(data["image"])
+    assert foreground_crop.edge_share(labels, labels, edge) is None
+    outside = labels.copy()
+    outside[np.abs(data["image"]).sum(0) == 0] = 2  # every difference outside the brain: all on its edge
+    inside = tuple(np.argwhere(~edge)[0])  # a voxel deeper in the brain than the edge's width
+    deep = labels.copy()
+    deep[inside] = 4 if labels[inside] != 4 else 0
+    assert foreground_crop.edge_share(outside, labels, edge) == 1.0
+    assert foreground_crop.edge_share(deep, labels, edge) == 0.0
