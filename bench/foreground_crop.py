@@ -1,7 +1,8 @@
 """The foreground crop of the BraTS bundles (``crop_foreground`` in their ``inference.json``): windows, time, agreement.
 
-Run: ``python -m bench.foreground_crop --out DIR [--cases 3] [--networks cohra student]``; writes ``DIR/crop.json``
-(rewritten after every measurement, so an interrupted run keeps what it measured) and ``DIR/crop.md``.
+Run: ``python -m bench.foreground_crop --out DIR [--cases 3] [--first-case K] [--networks ...] [--without PATH ...]``;
+writes ``DIR/crop.json`` (rewritten after every measurement, so an interrupted run keeps what it measured) and
+``DIR/crop.md``. ``--first-case`` and ``--without`` continue a stopped run in another ``--out``.
 
 * **Windows** (no network runs): the sliding-window count (:func:`common.fast_inference.sliding_window_count`, 128^3
   windows) of the whole 240 x 240 x 155 grid and of the box the crop keeps, at overlap 0.5 and 0.25, for the
@@ -96,12 +97,12 @@ def phantom(k: int):
     return make_brats_case(GRID, case_rng(7, k))
 
 
-def window_table(cases: int) -> list[dict]:
+def window_table(cases: range) -> list[dict]:
     """Window counts of the whole grid and of the crop of each phantom and of real brain extents."""
     from common.inferers.foreground import foreground_box
 
     rows = []
-    for k in range(cases):
+    for k in cases:
         case = phantom(k)
         image = torch.from_numpy(np.stack([case.images[m] for m in ("t1", "t1ce", "t2", "flair")]))
         box = foreground_box(image)
@@ -188,11 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--first-case", type=int, default=0, help="start at this phantom case (resume a stopped run)")
+    parser.add_argument(
+        "--without", nargs="+", default=[], choices=[p[0] for p in PATHS[1:]], metavar="PATH",
+        help="leave out these paths (the reference always runs); e.g. the OpenVINO one-window path, whose conversion "
+        "of COHRA-UNet at a whole brain box needs many GiB",
+    )  # fmt: skip
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "bench" / "results" / "work")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    cases = range(args.first_case, args.first_case + args.cases)
     # Freed memory kept from the start, for the fp32 eager reference too: it changes where memory comes from, not
     # one value of the label map, and halves an fp32 pass (the allocator ablation of make bench-full). The fast path
     # keeps it anyway, so the first measurement would otherwise be the only one without it.
@@ -204,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench.inference import CASES, _weights_path, train_weights, weights_description
     from common.synthetic.brats import brats_affine
 
-    result: dict = {"machine": machine_info(), "load_average": os.getloadavg(), "windows": window_table(args.cases)}
+    result: dict = {"machine": machine_info(), "load_average": os.getloadavg(), "windows": window_table(cases)}
     result["runs"] = []
 
     def save() -> None:
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{key}: weights {'trained' if trained['trained'] else 'cached'}", flush=True)
         result.setdefault("weights", {})[key] = weights_description(args.work_dir, CASES[key], quick=False)
         state = torch.load(_weights_path(args.work_dir, CASES[key], False), map_location="cpu")
-        for k in range(args.cases):
+        for k in cases:
             case = phantom(k)
             modalities = ("t1ce",) if key == "student" else ("t1", "t1ce", "t2", "flair")
             raw = np.stack([case.images[m].astype(np.float32) for m in modalities])
@@ -227,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             truth = np.zeros(GRID, np.uint8)
             for code, label in PHANTOM_LABELS.items():
                 truth[case.regions == code] = label
-            for name, fast, crop, overlap, one_window, runtime in PATHS:
+            for name, fast, crop, overlap, one_window, runtime in (p for p in PATHS if p[0] not in args.without):
                 pipeline = bundle_pipeline(key, fast, crop, overlap, one_window, runtime, state)
                 labels, seconds, windows = run_case(key, image, pipeline)
                 if runtime == "openvino":  # the first case converted the network: time a second pass
