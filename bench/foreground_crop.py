@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from bench.harness import REPO_ROOT, machine_info, set_threads
+from bench.inference import SEGRESNET
 from common.allocator import retain_freed_memory
 
 ROI = (128, 128, 128)
@@ -49,19 +50,7 @@ REAL_EXTENTS = {"typical BraTS brain": (140, 170, 140), "small": (125, 155, 125)
 NETWORKS = {
     "cohra": ("cohra_unet_brats", "inferer#inferer#overlap", None),
     "student": ("mtcm_kd_t1ce_student", "volume_inferer#overlap", None),
-    "segresnet": (
-        "cohra_unet_brats",
-        "inferer#inferer#overlap",
-        {
-            "_target_": "SegResNet",
-            "spatial_dims": 3,
-            "in_channels": 4,
-            "out_channels": 3,
-            "init_filters": 16,
-            "blocks_down": [1, 2, 2, 4],
-            "blocks_up": [1, 1, 1],
-        },
-    ),
+    "segresnet": ("cohra_unet_brats", "inferer#inferer#overlap", {"_target_": "SegResNet", **SEGRESNET}),
 }
 #: (name, fast_cpu, crop_foreground, overlap, one_window, fast_cpu_runtime); the first is the agreement's reference.
 PATHS = (

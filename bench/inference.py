@@ -90,6 +90,16 @@ class Case:
 
 FULL, WINDOW = "full", "window"
 
+#: MONAI SegResNet as the model zoo's brats_mri_segmentation bundle builds it: the BraTS bundles' reference.
+SEGRESNET = {
+    "spatial_dims": 3,
+    "in_channels": 4,
+    "out_channels": 3,
+    "init_filters": 16,
+    "blocks_down": [1, 2, 2, 4],
+    "blocks_up": [1, 1, 1],
+}
+
 #: The case whose fp32 eager path is measured once more with the allocator ablation (see ``_allocator_ablation``).
 ALLOCATOR_ABLATION = "segresnet"
 
@@ -265,8 +275,7 @@ def build(case: Case, quick: bool, fast: bool) -> tuple[dict[str, Any], Callable
             nets["base"] = inferer.base_network
     elif case.key == "segresnet":
         kw = {"init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]} if quick else {}
-        kw = {"init_filters": 16, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], **kw}
-        nets = {"net": SegResNet(spatial_dims=3, in_channels=4, out_channels=3, **kw)}
+        nets = {"net": SegResNet(**{**SEGRESNET, **kw})}
         roi = [32] * 3 if quick else [128] * 3
         inferer = FastInferer(SlidingWindowInferer(roi, sw_batch_size=1, overlap=0.5, mode="gaussian"), enabled=fast)
     elif case.key == "basicunet":
