@@ -123,8 +123,8 @@ def train(key: str, steps: int, work_dir: Path, validate_every: int) -> dict:
         "train_seconds": time.perf_counter() - start,
         "curve": curve,
     }
-    path.with_suffix(".json").write_text(json.dumps(record, indent=1))
     tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(record, indent=1))  # after: a stop between leaves no false record
     return record
 
 
