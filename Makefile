@@ -134,6 +134,7 @@ study-kd: setup
 # FCT_STUDY_SEEDS and FCT_STUDY_BASE (extra --base overlays) exist for the slow-tier test that runs it on a tiny budget.
 FCT_STUDY ?= $(CURDIR)/data/study_fct
 FCT_STUDY_SEEDS ?= 3
+FCT_STUDY_RECORD ?= $(CURDIR)/studies/fct
 FCT_STUDY_BASE ?=
 study-fct: setup
 	test -d $(FCT_STUDY)/vk || $(PY) -m common.synthetic visible_korean --out $(FCT_STUDY)/vk --cases 50 --size 304 512 --seed 0
@@ -141,6 +142,7 @@ study-fct: setup
 		--test-fraction 0.2 --val-fraction 0.2 --quality-check 0 --block-size 1 --seed 0
 	echo '{"datalist_file": "$(FCT_STUDY)/prepared/datalist.json"}' > $(FCT_STUDY)/data.json
 	$(PY) -m common.ablation --bundle-root bundles/fct_visible_korean --out $(FCT_STUDY)/runs --seeds $(FCT_STUDY_SEEDS) \
+		$(if $(FCT_STUDY_RECORD),--record $(FCT_STUDY_RECORD)) \
 		--grid bundles/fct_visible_korean/configs/study_fct.json --base $(FCT_STUDY)/data.json $(FCT_STUDY_BASE) \
 		--curves val_dice_bone val_dice_muscle val_mean_dice train_loss \
 		--figure-note "RGB input 256x256; MONAI Dice per class, mean over 8 validation slices; 16 steps/epoch" \
@@ -157,12 +159,14 @@ study-fct: setup
 # COHRA_STUDY_SEEDS and COHRA_STUDY_BASE (extra --base overlays) exist for the slow-tier test that runs it on a tiny budget.
 COHRA_STUDY ?= $(CURDIR)/data/study_cohra
 COHRA_STUDY_SEEDS ?= 3
+COHRA_STUDY_RECORD ?= $(CURDIR)/studies/cohra
 COHRA_STUDY_BASE ?=
 study-cohra: setup
 	test -d $(COHRA_STUDY)/brats || $(PY) -m common.synthetic brats --out $(COHRA_STUDY)/brats --cases 24 --size 64 64 48 --seed 0
 	$(PY) -m common.data.brats make-split --dataset-dir $(COHRA_STUDY)/brats --out $(COHRA_STUDY)/split.json --folds 3 --seed 0
 	echo '{"dataset_dir": "$(COHRA_STUDY)/brats", "split_file": "$(COHRA_STUDY)/split.json"}' > $(COHRA_STUDY)/data.json
 	$(PY) -m common.ablation --bundle-root bundles/cohra_unet_brats --out $(COHRA_STUDY)/runs --seeds $(COHRA_STUDY_SEEDS) \
+		$(if $(COHRA_STUDY_RECORD),--record $(COHRA_STUDY_RECORD)) \
 		--grid bundles/cohra_unet_brats/configs/study_cohra.json --base $(COHRA_STUDY)/data.json $(COHRA_STUDY_BASE) \
 		--curves val_dice_tc val_dice_wt val_dice_et val_mean_dice train_loss \
 		--figure-note "T1, T1ce, T2, FLAIR; MONAI region Dice, mean of 7 validation phantoms; 6 steps/epoch" \

@@ -3,7 +3,7 @@
     python -m common.ablation --bundle-root bundles/cohra_unet_brats \\
         --grid bundles/cohra_unet_brats/configs/ablation.json --out runs/cohra_ablation [--base overlay.json]
         [--mode one_at_a_time|full] [--axes activation norm] [--seeds 3] [--curves train_loss val_mean_dice]
-        [--figure-note "T1ce student; phantoms"] [--dry-run]
+        [--figure-note "T1ce student; phantoms"] [--record studies/cohra] [--dry-run]
 
 A grid file (JSON or YAML) names axes and, for each, its settings as MONAI config overlays::
 
@@ -55,6 +55,15 @@ same numbers. Any other run trained again first loses the TensorBoard event file
 attempt, so that its curves show one training. A failed run is recorded with its log and the study goes on; the
 command exits non-zero if any run failed.
 
+A study longer than one machine's life (``--record DIR``): every finished run's ``result.json``, ``overlay.json``,
+metrics (summary and per case) and TensorBoard event files (no weights, no logs) are copied to ``DIR`` at the same
+relative place, with the working directory's path written as ``{study_root}``; a run missing from ``--out`` whose
+record ran with the same overlay is restored from ``DIR`` instead of trained. Committed, the record lets the study's
+command on a fresh clone go on where the last machine stopped and rebuild the whole table and curves. Records hold
+no checkpoints, so a run interrupted midway starts again on the next machine; a run whose models a later arm reads
+(``{run_dir:NAME}``) is never restored. Each result names the machine that trained it (``machine``): times from
+different machines are not comparable.
+
 The results table (``<out>/results.csv`` and ``<out>/results.md``) has one row per run: axis, setting,
 parameter count, training and evaluation wall time, and every aggregated metric of the evaluation's
 ``metrics_summary.json`` (``common.metrics.write_metrics_summary``), printed by ``common.metrics.format_metric``: a
@@ -86,6 +95,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -95,6 +105,7 @@ from pathlib import Path
 from typing import Any
 
 from common.bundle_run import monai_bundle_run
+from common.cpu import cpu_model, hardware_kind
 from common.io import atomic_write_bytes, atomic_write_json
 from common.metrics.summary import format_metric
 
@@ -378,6 +389,57 @@ def _start_attempt(run_dir: Path, checkpoint: Path | None) -> float:
     return seconds_before
 
 
+RECORD_ROOT = "{study_root}"  # what a record writes for the working directory the study ran from
+RECORDED_FILES = ("result.json", "overlay.json", "eval/metrics_summary.json")
+RECORDED_PATTERNS = ("eval/*.csv", "eval/**/events.out.tfevents.*")  # per-case metrics; the training curves
+
+
+def _recorded_files(run_dir: Path) -> list[Path]:
+    files = [run_dir / name for name in RECORDED_FILES if (run_dir / name).is_file()]
+    return files + sorted(f for pattern in RECORDED_PATTERNS for f in run_dir.glob(pattern))
+
+
+def _relocate(value: Any, old: str, new: str) -> Any:
+    """``value`` (parsed JSON) with the path prefix ``old`` of its strings replaced by ``new``."""
+    if isinstance(value, str):
+        return new + value[len(old) :] if value == old or value.startswith(old + os.sep) else value
+    if isinstance(value, list):
+        return [_relocate(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {k: _relocate(v, old, new) for k, v in value.items()}
+    return value
+
+
+def _copy_run(source: Path, target: Path, old_root: str, new_root: str) -> None:
+    """Copy the recorded files of run folder ``source`` to ``target``, relocating the paths in its JSON files."""
+    for file in _recorded_files(source):
+        destination = target / file.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if file.suffix == ".json":
+            atomic_write_json(destination, _relocate(json.loads(file.read_text()), old_root, new_root))
+        else:
+            atomic_write_bytes(destination, file.read_bytes())
+
+
+def _record_run(run_dir: Path, recorded: Path, root: str) -> None:
+    """Replace the record ``recorded`` of a run by what ``run_dir`` holds now (a retrained run has other curves)."""
+    if recorded.is_dir():
+        shutil.rmtree(recorded)
+    _copy_run(run_dir, recorded, root, RECORD_ROOT)
+
+
+def _restore_recorded_run(recorded: Path, run_dir: Path, overlay: Mapping[str, Any], root: str) -> bool:
+    """Restore the finished run recorded in ``recorded`` into ``run_dir`` when it ran with ``overlay``."""
+    result_file = recorded / "result.json"
+    if not result_file.is_file():
+        return False
+    previous = _relocate(json.loads(result_file.read_text()), RECORD_ROOT, root)
+    if previous.get("status") != "ok" or previous.get("overlay") != overlay:
+        return False
+    _copy_run(recorded, run_dir, RECORD_ROOT, root)
+    return True
+
+
 def run_study(
     bundle_root: str | os.PathLike,
     runs: Sequence[Run],
@@ -385,20 +447,32 @@ def run_study(
     train_configs: Sequence[str] = ("configs/train.json",),
     evaluate_configs: Sequence[str] = ("configs/train.json", "configs/evaluate.json"),
     log: Any = print,
+    record: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Train and evaluate every run; return one result record per run (also written to ``<run>/result.json``).
 
     A run with a ``seed`` lives in ``<out>/<run>/seed<seed>/`` and its overlay sets the bundle's ``seed`` id.
+
+    ``record``: a folder that keeps what every finished run's table and curves need (``RECORDED_FILES``, the event
+    files; no weights) at the same relative place as in ``out``, its paths under the working directory written as
+    ``{study_root}``. A run missing from ``out`` whose record ran with the same overlay is restored from it instead
+    of trained, so a study longer than one machine's life goes on where the record left it (on a fresh clone, from
+    the same working directory layout). A run whose models a later arm reads (``{run_dir:NAME}``) is never restored.
     """
     bundle_root = Path(bundle_root).resolve()
     out = Path(out).resolve()
+    root = str(Path.cwd().resolve())
+    record = None if record is None else Path(record).resolve()
+    needed_models = {m for run in runs for v in run.overlay.values() if isinstance(v, str)
+                     for m in RUN_DIR_FIELD.findall(v)}  # fmt: skip
     results = []
     for i, run in enumerate(runs, 1):
-        run_dir = out / _run_dir_name(run.name)
+        relative = Path(_run_dir_name(run.name))
         own_ids: dict[str, Any] = {}
         if run.seed is not None:
-            run_dir = run_dir / f"seed{run.seed}"
+            relative = relative / f"seed{run.seed}"
             own_ids["seed"] = run.seed
+        run_dir = out / relative
         own_ids |= {
             "bundle_root": str(bundle_root),
             "ckpt_dir": str(run_dir / "models"),
@@ -406,11 +480,21 @@ def run_study(
         }
         overlay = _merge(_with_run_dirs(run.overlay, out, run.seed), own_ids)
         result_file = run_dir / "result.json"
+        if (
+            record is not None
+            and run.name not in needed_models
+            and not result_file.is_file()
+            and not (run_dir / ATTEMPT_FILE).is_file()
+            and _restore_recorded_run(record / relative, run_dir, overlay, root)
+        ):
+            log(f"[{i}/{len(runs)}] {run.label}: restored from the record {record / relative}")
         if result_file.is_file():
             previous = json.loads(result_file.read_text())
             if previous.get("status") == "ok" and previous.get("overlay") == overlay:
                 log(f"[{i}/{len(runs)}] {run.label}: done before, reusing {result_file}")
                 results.append({**previous, "run_dir": str(run_dir)})
+                if record is not None:
+                    _record_run(run_dir, record / relative, root)
                 continue
         # a run that ended (failed, or with another overlay) starts again; one stopped midway has no result
         checkpoint = None if result_file.is_file() else _interrupted_checkpoint(run_dir, overlay)
@@ -424,10 +508,16 @@ def run_study(
                 stale.unlink()
             (run_dir / ATTEMPT_FILE).unlink(missing_ok=True)
             atomic_write_json(run_dir / "overlay.json", overlay)
-        record: dict[str, Any] = {"run": run.name, "settings": run.settings, "overlay": overlay}
+        outcome: dict[str, Any] = {"run": run.name, "settings": run.settings, "overlay": overlay}
         if run.seed is not None:
-            record["seed"] = run.seed
-        record["run_dir"] = str(run_dir)
+            outcome["seed"] = run.seed
+        outcome["run_dir"] = str(run_dir)
+        # studies go on over several machines (``record``): say which one trained each run
+        outcome["machine"] = {
+            "cpu": cpu_model(),
+            "kind": hardware_kind(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        }
         stack = [bundle_root / c for c in train_configs] + [run_dir / "overlay.json"]
         if checkpoint is None:
             log(f"[{i}/{len(runs)}] {run.label}: training ...")
@@ -436,29 +526,31 @@ def run_study(
             atomic_write_json(run_dir / "resume.json", {"resume": True})
             stack.append(run_dir / "resume.json")
         try:
-            record["parameters"] = count_parameters(stack, cwd=bundle_root)
+            outcome["parameters"] = count_parameters(stack, cwd=bundle_root)
             seconds_before = _start_attempt(run_dir, checkpoint)
             seconds = monai_bundle_run(
                 stack, cwd=bundle_root, log_file=run_dir / "train.log", append=checkpoint is not None
             )
-            record["train_seconds"] = round(seconds_before + seconds, 1)
-            record["resumed_from_epochs"] = json.loads((run_dir / ATTEMPT_FILE).read_text())["resumed_from_epochs"]
+            outcome["train_seconds"] = round(seconds_before + seconds, 1)
+            outcome["resumed_from_epochs"] = json.loads((run_dir / ATTEMPT_FILE).read_text())["resumed_from_epochs"]
             log(f"[{i}/{len(runs)}] {run.label}: evaluating ...")
             stack = [bundle_root / c for c in evaluate_configs] + [run_dir / "overlay.json"]
             seconds = monai_bundle_run(stack, cwd=bundle_root, log_file=run_dir / "evaluate.log")
-            record["eval_seconds"] = round(seconds, 1)
+            outcome["eval_seconds"] = round(seconds, 1)
             evaluation = _evaluation_summary(run_dir / "eval")
-            record["metrics"] = dict(evaluation["metrics"])
-            record["metric_counts"] = dict(evaluation.get("counts", {}))  # finite cases per metric
-            record["cases"] = evaluation.get("cases")
-            record["split"] = evaluation.get("split")  # which cases were scored: test or validation
-            record["status"] = "ok"
+            outcome["metrics"] = dict(evaluation["metrics"])
+            outcome["metric_counts"] = dict(evaluation.get("counts", {}))  # finite cases per metric
+            outcome["cases"] = evaluation.get("cases")
+            outcome["split"] = evaluation.get("split")  # which cases were scored: test or validation
+            outcome["status"] = "ok"
         except Exception as e:  # one failed configuration must not stop the study
-            record["status"] = "failed"
-            record["error"] = _describe(e)
-            log(f"[{i}/{len(runs)}] {run.label}: FAILED, {record['error']} (logs in {run_dir})")
-        atomic_write_json(result_file, record)
-        results.append(record)
+            outcome["status"] = "failed"
+            outcome["error"] = _describe(e)
+            log(f"[{i}/{len(runs)}] {run.label}: FAILED, {outcome['error']} (logs in {run_dir})")
+        atomic_write_json(result_file, outcome)
+        results.append(outcome)
+        if record is not None and outcome["status"] == "ok":
+            _record_run(run_dir, record / relative, root)
     return results
 
 
@@ -652,6 +744,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--footnote", default="synthetic phantoms", help="the curves' footnote: the data (default: %(default)s)"
     )
+    parser.add_argument(
+        "--record",
+        help="folder that keeps every finished run's results and curves (no weights) and restores them on a machine "
+        "that lacks them (a study continued over several machines)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their overlays, run nothing")
     args = parser.parse_args(argv)
 
@@ -683,7 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(run.label, json.dumps(run.overlay, sort_keys=True))
         return 0
     out = Path(args.out)
-    results = run_study(bundle_root, runs, out)
+    results = run_study(bundle_root, runs, out, record=args.record)
     axes = [a for a in grid["axes"] if not args.axes or a in args.axes]
     if seeds:
         csv_path, md_path = write_seed_tables(results, axes, seeds, out.resolve())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -44,13 +45,9 @@ def test_study_cohra_command_writes_its_table_and_curves_on_a_tiny_budget(tmp_pa
         )
     )
     study = tmp_path / "study"
-    result = subprocess.run(
-        ["make", "-s", "study-cohra", f"COHRA_STUDY={study}", "COHRA_STUDY_SEEDS=2", f"COHRA_STUDY_BASE=--base {tiny}"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=3000,
-    )
+    command = ["make", "-s", "study-cohra", f"COHRA_STUDY={study}", "COHRA_STUDY_SEEDS=2",
+               f"COHRA_STUDY_BASE=--base {tiny}", f"COHRA_STUDY_RECORD={study / 'record'}"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=3000)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs_dir = study / "runs"
 
@@ -85,3 +82,12 @@ def test_study_cohra_command_writes_its_table_and_curves_on_a_tiny_budget(tmp_pa
         assert (runs_dir / f"curves_{tag}.png").stat().st_size > 0
         curve = _rows(runs_dir / f"curves_{tag}.csv")
         assert {r["arm"] for r in curve} == ARMS and all(r["n"] == "2" for r in curve), tag
+
+    # A fresh machine (no runs folder) with the record rebuilds the same table without training anything.
+    table_before = (runs_dir / "results.csv").read_text()
+    shutil.rmtree(runs_dir)
+    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("restored from the record") == 6 and "training ..." not in again.stdout
+    assert (runs_dir / "results.csv").read_text() == table_before
+    assert all((runs_dir / f"curves_{tag}.png").is_file() for tag in CURVES)

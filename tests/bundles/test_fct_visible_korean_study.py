@@ -44,7 +44,15 @@ def test_study_fct_command_writes_its_table_and_curves_on_a_tiny_budget(tmp_path
     )
     study = tmp_path / "study"
     result = subprocess.run(
-        ["make", "-s", "study-fct", f"FCT_STUDY={study}", "FCT_STUDY_SEEDS=2", f"FCT_STUDY_BASE=--base {tiny}"],
+        [
+            "make",
+            "-s",
+            "study-fct",
+            f"FCT_STUDY={study}",
+            "FCT_STUDY_SEEDS=2",
+            f"FCT_STUDY_BASE=--base {tiny}",
+            f"FCT_STUDY_RECORD={study / 'record'}",
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

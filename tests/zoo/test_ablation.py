@@ -24,6 +24,7 @@ from common.ablation import (
     run_study,
     seed_results_table,
     summarise_seeds,
+    with_seeds,
 )
 from common.data.brats import write_split_file
 from common.synthetic.brats import generate_brats
@@ -470,3 +471,66 @@ def test_a_killed_study_resumes_its_interrupted_run_from_the_last_checkpoint(tmp
     assert sorted(read_scalars(run_dir / "eval")["val_mean_dice"]) == list(range(1, 9))
     segresnet = json.loads((out / "network=segresnet" / "result.json").read_text())
     assert segresnet["resumed_from_epochs"] == []
+
+
+def test_a_record_carries_finished_runs_to_a_fresh_checkout(tmp_path, monkeypatch):
+    """What a finished run leaves in ``--record`` (results, metrics, curves; no weights) restores it in another
+    checkout of the same layout, which then trains only what the record lacks; another overlay is trained again."""
+    import common.ablation
+
+    trained = []
+
+    def fake_bundle_run(stack, cwd, log_file, append=False):
+        overlay = json.loads(Path(stack[-1]).read_text())
+        output_dir = Path(overlay["output_dir"])
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if "evaluate.json" in str(stack[-2]):
+            summary = {"metrics": {"val_mean_dice": 0.5 + overlay["epochs"] / 100}, "split": "test", "cases": 2}
+            (output_dir / "metrics_summary.json").write_text(json.dumps(summary))
+            (output_dir / "metrics.csv").write_text("case,dice\na,0.5\n")
+        else:
+            trained.append(Path(log_file).parent.name)
+            (output_dir / "events.out.tfevents.1.host").write_bytes(b"curves")
+            (Path(overlay["ckpt_dir"])).mkdir(parents=True, exist_ok=True)
+            (Path(overlay["ckpt_dir"]) / "model.pt").write_bytes(b"weights")
+        return 1.0
+
+    monkeypatch.setattr(common.ablation, "count_parameters", lambda *a, **k: 7)
+    monkeypatch.setattr(common.ablation, "monai_bundle_run", fake_bundle_run)
+    runs = with_seeds([Run("a", {}, {"epochs": 1, "data": "{data}"}), Run("b", {}, {"epochs": 2})], [0, 1])
+
+    def checkout(name: str) -> tuple[Path, list[Run]]:
+        root = tmp_path / name
+        (root / "bundle").mkdir(parents=True)
+        own = [Run(r.name, r.settings, {k: str(root / "data") if v == "{data}" else v for k, v in r.overlay.items()},
+                   r.seed) for r in runs]  # fmt: skip
+        return root, own
+
+    first, first_runs = checkout("first")
+    monkeypatch.chdir(first)
+    run_study(first / "bundle", first_runs[:3], first / "out", log=lambda _: None, record=first / "record")
+    assert trained == ["seed0", "seed0", "seed1"]
+    recorded = first / "record" / "a" / "seed0"
+    assert sorted(p.relative_to(recorded).as_posix() for p in recorded.rglob("*") if p.is_file()) == [
+        "eval/events.out.tfevents.1.host", "eval/metrics.csv", "eval/metrics_summary.json", "overlay.json",
+        "result.json"]  # fmt: skip
+    assert str(first) not in (recorded / "result.json").read_text()
+    assert json.loads((recorded / "result.json").read_text())["overlay"]["data"] == "{study_root}/data"
+
+    second, second_runs = checkout("second")
+    shutil.copytree(first / "record", second / "record")
+    second_runs[3].overlay["epochs"] = 3  # b seed 1: another recipe than the record's (which has no b seed 1 anyway)
+    second_runs[2].overlay["epochs"] = 5  # a seed 1: another recipe than the one recorded
+    monkeypatch.chdir(second)
+    trained.clear()
+    log = []
+    results = run_study(second / "bundle", second_runs, second / "out", log=log.append, record=second / "record")
+    assert trained == ["seed1", "seed1"], "only what the record lacks or ran otherwise is trained"
+    assert sum("restored from the record" in line for line in log) == 2
+    restored = json.loads((second / "out" / "b" / "seed0" / "result.json").read_text())
+    assert restored["run_dir"] == str(second / "out" / "b" / "seed0")
+    assert restored["overlay"]["output_dir"] == str(second / "out" / "b" / "seed0" / "eval")
+    assert (second / "out" / "b" / "seed0" / "eval" / "events.out.tfevents.1.host").read_bytes() == b"curves"
+    assert not (second / "out" / "b" / "seed0" / "models").exists()
+    assert [r["metrics"]["val_mean_dice"] for r in results] == [0.51, 0.52, 0.55, 0.53]
+    assert json.loads((second / "record" / "a" / "seed1" / "result.json").read_text())["overlay"]["epochs"] == 5
