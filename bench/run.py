@@ -50,6 +50,76 @@ def summarise_figures(figures: list[dict]) -> list[dict]:
     return figures
 
 
+def goal_rows(report: dict) -> list[dict]:
+    """One row per figure that carries a goal (:data:`bench.inference.GOALS`): the bundle, what was measured, the
+    goal, ``met`` (True, False, or None in the smoke mode, which measures nothing) and, for a miss, the reasons read
+    off the same run: how far off, the label-map agreement, the share of the matmul peak the path reached."""
+    from bench.inference import GOAL_AGREEMENT
+
+    figures = report["figures"]
+    by_name = {f["name"]: f for f in figures}
+    rows = []
+    for fig in (f for f in figures if "goal" in f):
+        goal, median = fig["goal"], fig["summary"]["median"]
+        agreement = [f["summary"]["min"] for f in figures
+                     if f["bundle"] == fig["bundle"] and f["unit"] == "Dice"]  # fmt: skip
+        peak = next((f for n, f in by_name.items() if n.startswith(fig["name"] + " [fraction of")), None)
+        reasons = []
+        if "max_s" in goal:
+            wanted, measured = f"<= {_fmt(goal['max_s'])} s", f"{_fmt(median)} s"
+            if median > goal["max_s"]:
+                reasons.append(f"{median / goal['max_s']:.1f}x the time")
+        else:
+            speedup = 1 / fig["ratio"] if fig.get("ratio") else None
+            wanted = f">= {_fmt(goal['min_speedup'])}x fp32 eager"
+            measured = f"{_fmt(speedup)}x ({_fmt(median)} s)" if speedup else f"{_fmt(median)} s, no eager figure"
+            if speedup is None or speedup < goal["min_speedup"]:
+                reasons.append("speed-up " + (f"{speedup:.1f}x" if speedup else "not measured"))
+        if not agreement:
+            reasons.append("agreement not measured")
+        elif min(agreement) < GOAL_AGREEMENT:
+            reasons.append(f"label maps agree at Dice {min(agreement):.4f} < {GOAL_AGREEMENT}")
+        if reasons and peak is not None:
+            reasons.append(f"the path already runs at {peak['summary']['median']:.2f} of the matmul peak")
+        rows.append(
+            {
+                "bundle": fig["bundle"],
+                "figure": fig["name"],
+                "goal": wanted,
+                "measured": measured,
+                "agreement": min(agreement) if agreement else None,
+                "met": None if report["quick"] else not reasons,
+                "reasons": reasons,
+            }
+        )
+    return rows
+
+
+def _goals_markdown(report: dict) -> list[str]:
+    rows = goal_rows(report)
+    if not rows:
+        return []
+    from bench.inference import GOAL_AGREEMENT
+
+    lines = [
+        "",
+        "## Goals: a whole case on 2 cores, default path",
+        "",
+        f"CPU kind of this run: {report['machine']['cpu']['kind']}; {report['threads']} torch threads. Each goal "
+        f"holds with label maps agreeing at Dice >= {GOAL_AGREEMENT} with fp32 eager (the agreement figure of the same "
+        "bundle in this run; on one window for the three heaviest networks).",
+        "",
+        "| bundle | goal | measured | agreement (min Dice) | met | reason of a miss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        met = {None: "not measured (quick)", True: "**met**", False: "**missed**"}[row["met"]]
+        agreement = "" if row["agreement"] is None else f"{row['agreement']:.4f}"
+        reasons = "; ".join(row["reasons"])
+        lines.append(f"| {row['bundle']} | {row['goal']} | {row['measured']} | {agreement} | {met} | {reasons} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     """One table per group: figure, median, spread (min-max), n, ratio vs its reference."""
     m = report["machine"]
@@ -71,6 +141,7 @@ def markdown(report: dict) -> str:
     for mod in report["modules"]:
         status = "ok" if mod["ok"] else f"FAILED: {mod['error'].strip().splitlines()[-1]}"
         lines.append(f"- `{mod['module']}`: {status} ({mod['wall_s']:.0f} s)")
+    lines += _goals_markdown(report)
     groups: dict[str, list[dict]] = {}
     for fig in report["figures"]:
         groups.setdefault(fig["group"], []).append(fig)

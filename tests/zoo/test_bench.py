@@ -11,6 +11,7 @@ import torch
 
 from bench import inference
 from bench.harness import run_isolated, summarise
+from bench.run import goal_rows, summarise_figures
 from bench.run import main as bench_main
 from common.fast_inference import FastInferer
 from tests.helpers import REPO_ROOT
@@ -89,6 +90,10 @@ def test_bench_run_quick_writes_json_and_markdown(tmp_path):
     assert all(f["summary"]["n"] == len(f["values"]) for f in report["figures"])
     md = (tmp_path / "latest.md").read_text()
     assert "## inference" in md and "Machine:" in md
+    assert {row["bundle"] for row in goal_rows(report)} == {
+        "cohra_unet_brats", "mtcm_kd_t1ce_student", "reference: MONAI SegResNet", "refnet_synapse",
+        "fct_visible_korean"}  # fmt: skip
+    assert "## Goals: a whole case on 2 cores" in md and "not measured (quick)" in md
     assert len(list(Path(tmp_path).glob("2*.json"))) == 1
 
 
@@ -121,3 +126,26 @@ def test_bench_training_and_fct_comparison_quick(tmp_path):
     assert len(fct_steps) == 2 and any("MONAI BasicUNet 2D training step" in f.get("reference", "") for f in fct_steps)
     md = (tmp_path / "latest.md").read_text()
     assert "## training" in md and "## data" in md and "## fct_comparison" in md
+
+
+def test_goal_rows_say_met_or_missed_and_why_from_the_same_run():
+    def fig(bundle, name, unit, values, **extra):
+        return {"group": "inference", "bundle": bundle, "name": name, "unit": unit, "values": values, **extra}
+
+    figures = summarise_figures([
+        fig("cohra_unet_brats", "COHRA fast, full case", "s", [30.0, 31.0, 29.0], goal={"max_s": 15.0}),
+        fig("cohra_unet_brats", "COHRA fast, full case [fraction of bfloat16 matmul peak]", "fraction", [0.5]),
+        fig("cohra_unet_brats", "COHRA agreement, one window", "Dice", [0.999]),
+        fig("reference: MONAI SegResNet", "SegResNet fast, full case", "s", [2.5], goal={"max_s": 3.0}),
+        fig("reference: MONAI SegResNet", "SegResNet agreement", "Dice", [0.99]),
+        fig("fct_visible_korean", "FCT eager", "s", [4.0]),
+        fig("fct_visible_korean", "FCT fast", "s", [1.0], reference="FCT eager", goal={"min_speedup": 3.0}),
+        fig("fct_visible_korean", "FCT agreement", "Dice", [1.0]),
+    ])  # fmt: skip
+    report = {"figures": figures, "quick": False}
+    rows = {row["bundle"]: row for row in goal_rows(report)}
+    assert rows["cohra_unet_brats"]["met"] is False
+    assert rows["cohra_unet_brats"]["reasons"] == ["2.0x the time", "the path already runs at 0.50 of the matmul peak"]
+    assert rows["reference: MONAI SegResNet"]["met"] is False
+    assert rows["reference: MONAI SegResNet"]["reasons"][0] == "label maps agree at Dice 0.9900 < 0.995"
+    assert rows["fct_visible_korean"]["met"] is True and rows["fct_visible_korean"]["measured"] == "4.00x (1.00 s)"
