@@ -8,11 +8,19 @@ weights included, it is a setting, not the default.
 
 :class:`OpenVINONetwork` stands in for the torch network inside :class:`common.fast_inference.FastInferer`: the
 sliding window, blending and postprocessing stay MONAI's. Per input shape (a window, a batch of slices) it converts
-the network once (``openvino.convert_model`` traces it with that input; minutes for COHRA-UNet at 128^3), fixes the
-shape (8-15 % faster than the dynamic one), and compiles it for the CPU in bf16 where oneDNN runs bf16 natively
-(:func:`common.cpu.native_bf16`), else in float32. Converted models are kept on disk, keyed by the network's class,
-its weights, the shape, the precision and the library versions, so that only the first run on a machine pays for
-the conversion: ``$ZOO_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/monai_zoo/openvino`` (``~/.cache/...``).
+the network once with dynamic batch and spatial sizes, traced on a small input (half the first input's size: seconds
+and little memory, where a trace at a 128^3 window took COHRA-UNet minutes and GiBs), then per input shape fixes
+that shape on the converted model (8-15 % faster than running it dynamic) and compiles it for the CPU in bf16 where
+oneDNN runs bf16 natively (:func:`common.cpu.native_bf16`), else in float32.
+
+A trace records one path through the network's Python: a branch taken on the small input (COHRA-UNet interpolates
+its positional embedding there, since that grid differs from its training grid) is the branch the converted model
+takes at every size. So the first time a shape is used, the model fixed to it is compiled in float32 and checked
+against the PyTorch network on that input (largest difference at most ``DYNAMIC_TOLERANCE`` of the largest logit);
+a shape that fails the check, or a network that cannot be converted with dynamic sizes, is converted for that
+exact shape instead (a static trace, as before). Converted models and each shape's check are kept on disk, keyed by
+the network's class, its weights, the shape, the precision and the library versions, so that only the first run on
+a machine pays for them: ``$ZOO_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/monai_zoo/openvino`` (``~/.cache/...``).
 
 OpenVINO runs its own thread pool, which does not survive ``fork``: a process that forks after OpenVINO ran (e.g.
 ``DataLoader`` workers started later) can crash. A bundle run forks its loader workers before the first window.
@@ -21,6 +29,7 @@ OpenVINO runs its own thread pool, which does not survive ``fork``: a process th
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -30,11 +39,15 @@ from typing import Any
 import torch
 
 from common.cpu import native_bf16
+from common.io import atomic_write_json
 from common.settings import SettingError
 
 __all__ = ["OpenVINONetwork", "OpenVINOUnavailableError", "default_cache_dir", "weights_digest"]
 
 PINNED = "openvino==2026.4.1"
+#: Largest difference, relative to the largest logit, between a dynamically converted model fixed to a shape (float32)
+#: and the PyTorch network on the first input of that shape; above it, that shape is converted on its own.
+DYNAMIC_TOLERANCE = 1e-3
 
 
 class OpenVINOUnavailableError(SettingError):
@@ -96,24 +109,32 @@ class OpenVINONetwork:
         self._compiled: dict[tuple[int, ...], Any] = {}
         self.conversions = 0  # conversions this object did (the rest came from the disk cache)
 
-    def model_dir(self, shape: tuple[int, ...]) -> Path:
-        """The cache folder of the converted model for input ``shape``."""
+    def _cache_key(self, *parts: Any) -> Path:
         if self._digest is None:
             self._digest = weights_digest(self.network)
-        key = "|".join([self._digest, str(shape), self.precision, self.ov.__version__, torch.__version__])
+        key = "|".join([self._digest, *map(str, parts), self.ov.__version__, torch.__version__])
         return self.cache_dir / hashlib.sha256(key.encode()).hexdigest()[:24]
 
-    def _convert(self, x: torch.Tensor, folder: Path) -> None:
-        """Convert for ``x``'s shape and save into ``folder`` whole (a temporary folder renamed into place)."""
+    def model_dir(self, shape: tuple[int, ...]) -> Path:
+        """The cache folder of the model converted for exactly input ``shape``."""
+        return self._cache_key(shape, self.precision)
+
+    def dynamic_model_dir(self, channels: int, spatial_dims: int) -> Path:
+        """The cache folder of the model converted with dynamic batch and spatial sizes."""
+        return self._cache_key("dynamic", channels, spatial_dims)
+
+    def _convert(self, example: torch.Tensor, folder: Path, input_shape: tuple[int, ...]) -> None:
+        """Trace the network on ``example``, convert it with ``input_shape`` (-1: dynamic) and save it into
+        ``folder`` whole (a temporary folder renamed into place)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         try:
-            with torch.no_grad():  # a static input shape: 8-15 % faster, and Swin UNETR's shape arithmetic folds away
-                model = self.ov.convert_model(self.network, example_input=x, input=[tuple(x.shape)])
+            with torch.no_grad():
+                model = self.ov.convert_model(self.network, example_input=example, input=[input_shape])
         except Exception as e:  # the converter's own errors are many and long
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise OpenVINOUnavailableError(
                 f"fast_cpu_runtime: OpenVINO could not convert {type(self.network).__name__} for input shape "
-                f"{list(x.shape)} ({first}); set fast_cpu_runtime to 'torch'"
+                f"{list(input_shape)} ({first}); set fast_cpu_runtime to 'torch'"
             ) from e
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=self.cache_dir))
         try:
@@ -126,12 +147,47 @@ class OpenVINONetwork:
             shutil.rmtree(tmp, ignore_errors=True)
         self.conversions += 1
 
-    def _compile(self, x: torch.Tensor) -> Any:
-        folder = self.model_dir(tuple(x.shape))
+    def _dynamic_model(self, x: torch.Tensor) -> Any | None:
+        """The dynamically converted model fixed to ``x``'s shape, or ``None`` where it cannot be converted or
+        differs from the PyTorch network on ``x`` (see the module's docstring)."""
+        folder = self.dynamic_model_dir(x.shape[1], x.ndim - 2)
+        failed = folder.with_name(folder.name + ".failed")
+        if failed.is_file():
+            return None
         if not (folder / "model.xml").is_file():
-            self._convert(x, folder)
-        config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-        return self.ov.Core().compile_model(str(folder / "model.xml"), "CPU", config)
+            example = torch.rand(x.shape[0], x.shape[1], *(max(1, s // 2) for s in x.shape[2:]))
+            try:
+                self._convert(example, folder, (-1, x.shape[1], *([-1] * (x.ndim - 2))))
+            except OpenVINOUnavailableError as e:
+                atomic_write_json(failed, {"error": str(e)})
+                return None
+        model = self.ov.Core().read_model(str(folder / "model.xml"))
+        try:
+            model.reshape(self.ov.PartialShape(list(x.shape)))
+        except RuntimeError:  # e.g. a size fixed by the traced branch (a positional embedding at its training grid)
+            return None
+        check_file = folder / f"check_{'x'.join(map(str, x.shape))}.json"
+        if not check_file.is_file():
+            with torch.no_grad():
+                expected = self.network(x).float()
+            compiled = self.ov.Core().compile_model(model, "CPU", self._config("f32"))
+            got = torch.from_numpy(compiled(x.numpy())[0].copy())
+            del compiled  # its buffers, before the model is compiled again for use
+            error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
+            atomic_write_json(check_file, {"max_error_relative": error, "ok": error <= DYNAMIC_TOLERANCE})
+        return model if json.loads(check_file.read_text())["ok"] else None
+
+    def _config(self, precision: str) -> dict[str, Any]:
+        return {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+
+    def _compile(self, x: torch.Tensor) -> Any:
+        static = self.model_dir(tuple(x.shape))
+        model = None if (static / "model.xml").is_file() else self._dynamic_model(x)
+        if model is None:
+            if not (static / "model.xml").is_file():
+                self._convert(x, static, tuple(x.shape))
+            model = str(static / "model.xml")
+        return self.ov.Core().compile_model(model, "CPU", self._config(self.precision))
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if args or kwargs:

@@ -9,6 +9,7 @@ when these ran in the same pytest process).
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import numpy as np
@@ -56,14 +57,17 @@ def test_bf16_stays_close_where_the_cpu_runs_it(tmp_path):
     assert (out - eager).abs().max() < 0.05
 
 
-def test_each_shape_is_converted_once_and_a_new_process_reads_it_from_disk(tmp_path, monkeypatch):
+def test_the_network_is_converted_once_for_every_shape_and_a_new_process_reads_it_from_disk(tmp_path, monkeypatch):
     net = _net()
     runtime = OpenVINONetwork(net, bf16=False, cache_dir=tmp_path)
-    a, b = torch.rand(1, 2, 16, 16, 16), torch.rand(2, 2, 16, 16, 16)
+    a, b = torch.rand(1, 2, 16, 16, 16), torch.rand(2, 2, 24, 16, 8)
     first = runtime(a)
     runtime(a)
-    runtime(b)
-    assert runtime.conversions == 2 and len(list(tmp_path.glob("*/model.xml"))) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(runtime(b), net(b), atol=1e-5, rtol=0)
+    assert runtime.conversions == 1 and len(list(tmp_path.glob("*/model.xml"))) == 1
+    checks = sorted(p.name for p in tmp_path.glob("*/check_*.json"))
+    assert checks == ["check_1x2x16x16x16.json", "check_2x2x24x16x8.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folder left"
 
     import openvino
@@ -75,6 +79,39 @@ def test_each_shape_is_converted_once_and_a_new_process_reads_it_from_disk(tmp_p
     again = OpenVINONetwork(net, bf16=False, cache_dir=tmp_path)
     torch.testing.assert_close(again(a), first, atol=0, rtol=0)
     assert again.conversions == 0
+
+
+class _ShapeBranches(nn.Module):
+    """Python branches on the input's size, which a trace on a smaller input bakes in: a bias added only at one grid
+    (as a positional embedding at its training grid) and a factor only above a size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 3, 3, padding=1)
+        self.bias = nn.Parameter(torch.rand(1, 3, 8, 8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if tuple(y.shape[2:]) == (8, 8, 8):
+            y = y + self.bias
+        if y.shape[-1] > 10:
+            y = y * 2
+        return y
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 16, 16, 16), (1, 2, 16, 16, 12)])
+def test_a_shape_the_small_trace_does_not_fit_is_converted_on_its_own(shape, tmp_path):
+    """16^3 traced at 8^3 keeps the bias (its shape cannot be fixed to 16^3); 16x16x12 traced at 8x8x6 misses the
+    factor the network applies at 16 (its check fails): both are converted for their exact shape, with PyTorch's
+    logits."""
+    torch.manual_seed(0)
+    net, x = _ShapeBranches().eval(), torch.rand(*shape)
+    runtime = OpenVINONetwork(net, bf16=False, cache_dir=tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(runtime(x), net(x), atol=1e-5, rtol=0)
+    assert runtime.model_dir(shape).joinpath("model.xml").is_file()
+    checks = [json.loads(p.read_text()) for p in tmp_path.glob("*/check_*.json")]
+    assert [c["ok"] for c in checks] == ([] if shape[-1] == 16 else [False])
 
 
 def test_weights_loaded_later_into_the_same_module_are_converted_again(tmp_path):
