@@ -131,7 +131,9 @@ study-kd: setup
 # test), 57 epochs of 16 steps and the same schedule for every arm, 3 seeds; tables and curves in data/study_fct/runs.
 # About 3 hours on 2 quiet CPU cores: 912 steps per run at the measured 1.83 s (FCT paper) and 0.32 s (BasicUNet) per
 # training step (`make bench`), about 1.6 s for tf_main (scaled by its FLOPs); much longer on shared cores.
-# FCT_STUDY_SEEDS and FCT_STUDY_BASE (extra --base overlays) exist for the slow-tier test that runs it on a tiny budget.
+# Finished runs are recorded in FCT_STUDY_RECORD (studies/fct, committed; common.records), so that a fresh clone goes
+# on where the last machine stopped. FCT_STUDY_SEEDS, FCT_STUDY_BASE (extra --base overlays) and FCT_STUDY_RECORD
+# exist for the slow-tier test that runs it on a tiny budget.
 FCT_STUDY ?= $(CURDIR)/data/study_fct
 FCT_STUDY_SEEDS ?= 3
 FCT_STUDY_RECORD ?= $(CURDIR)/studies/fct
@@ -156,7 +158,9 @@ study-fct: setup
 # of 7 phantoms. On cores shared with other jobs run `OMP_NUM_THREADS=1 make study-cohra`: 2 threads per process
 # oversubscribe them (the SegResNet pilot's steps took 7 s instead of 0.4 s). Reruns reuse finished runs and resume
 # an interrupted one.
-# COHRA_STUDY_SEEDS and COHRA_STUDY_BASE (extra --base overlays) exist for the slow-tier test that runs it on a tiny budget.
+# Finished runs are recorded in COHRA_STUDY_RECORD (studies/cohra, committed; common.records), so that a fresh clone
+# goes on where the last machine stopped. COHRA_STUDY_SEEDS, COHRA_STUDY_BASE (extra --base overlays) and
+# COHRA_STUDY_RECORD exist for the slow-tier test that runs it on a tiny budget.
 COHRA_STUDY ?= $(CURDIR)/data/study_cohra
 COHRA_STUDY_SEEDS ?= 3
 COHRA_STUDY_RECORD ?= $(CURDIR)/studies/cohra
@@ -178,16 +182,18 @@ study-cohra: setup
 # fold (3 folds); then RefNet arms changed one at a time from the paper's recipe (configs/study_refnet.json), 900
 # steps each, 3 seeds; tables (refinement_seeds.md: per organ, raw / refined / change, mean ± SD) and curves in
 # data/study_refnet/runs. Reruns reuse finished base models and runs and resume an interrupted run. Several hours on
-# 2 CPU cores.
-# REFNET_STUDY_SIZE, REFNET_STUDY_SEEDS, REFNET_STUDY_BASE_MODEL and REFNET_STUDY_BASE (extra --base overlays of the
-# RefNet runs) exist for the slow-tier test that runs it on a tiny budget.
+# 2 CPU cores. The base models' predictions and every finished run are recorded in studies/refnet (common.records),
+# so that a fresh clone continues the study instead of starting it again.
+# REFNET_STUDY_SIZE, REFNET_STUDY_SEEDS, REFNET_STUDY_BASE_MODEL, REFNET_STUDY_RECORD and REFNET_STUDY_BASE (extra
+# --base overlays of the RefNet runs) exist for the slow-tier test that runs it on a tiny budget.
 REFNET_STUDY ?= $(CURDIR)/data/study_refnet
 REFNET_STUDY_SIZE ?= 96 96 64
 REFNET_STUDY_SEEDS ?= 3
+REFNET_STUDY_RECORD ?= $(CURDIR)/studies/refnet
 REFNET_STUDY_BASE_MODEL ?= $(CURDIR)/bundles/refnet_synapse/configs/study_refnet_base.json
 REFNET_STUDY_BASE ?=
 REFNET_BASE_ARGS = --bundle-root bundles/refnet_synapse --dataset-dir $(REFNET_STUDY)/btcv --out $(REFNET_STUDY)/base \
-	--overlay $(REFNET_STUDY_BASE_MODEL)
+	--overlay $(REFNET_STUDY_BASE_MODEL) $(if $(REFNET_STUDY_RECORD),--record $(REFNET_STUDY_RECORD)/base)
 study-refnet: setup
 	test -d $(REFNET_STUDY)/btcv || $(PY) -m common.synthetic btcv --out $(REFNET_STUDY)/btcv --cases 30 \
 		--size $(REFNET_STUDY_SIZE) --seed 0
@@ -196,6 +202,7 @@ study-refnet: setup
 	echo '{"dataset_dir": "$(REFNET_STUDY)/btcv", "datalist_file": "$(REFNET_STUDY)/base/datalist.json"}' \
 		> $(REFNET_STUDY)/data.json
 	$(PY) -m common.ablation --bundle-root bundles/refnet_synapse --out $(REFNET_STUDY)/runs --seeds $(REFNET_STUDY_SEEDS) \
+		$(if $(REFNET_STUDY_RECORD),--record $(REFNET_STUDY_RECORD)/runs) \
 		--grid bundles/refnet_synapse/configs/study_refnet.json --base $(REFNET_STUDY)/data.json $(REFNET_STUDY_BASE) \
 		--curves val_mean_dice val_raw_mean_dice train_loss \
 		--figure-note "input: base label map (+ CT for image_aware); MONAI Dice, mean of 12 organs, 3 validation cases" \

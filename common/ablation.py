@@ -95,7 +95,6 @@ import json
 import math
 import os
 import re
-import shutil
 import statistics
 import sys
 import time
@@ -104,6 +103,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import records as study_records
 from common.bundle_run import monai_bundle_run
 from common.cpu import cpu_model, hardware_kind
 from common.io import atomic_write_bytes, atomic_write_json
@@ -389,7 +389,6 @@ def _start_attempt(run_dir: Path, checkpoint: Path | None) -> float:
     return seconds_before
 
 
-RECORD_ROOT = "{study_root}"  # what a record writes for the working directory the study ran from
 RECORDED_FILES = ("result.json", "overlay.json", "eval/metrics_summary.json")
 RECORDED_PATTERNS = ("eval/*.csv", "eval/**/events.out.tfevents.*")  # per-case metrics; the training curves
 
@@ -399,45 +398,8 @@ def _recorded_files(run_dir: Path) -> list[Path]:
     return files + sorted(f for pattern in RECORDED_PATTERNS for f in run_dir.glob(pattern))
 
 
-def _relocate(value: Any, old: str, new: str) -> Any:
-    """``value`` (parsed JSON) with the path prefix ``old`` of its strings replaced by ``new``."""
-    if isinstance(value, str):
-        return new + value[len(old) :] if value == old or value.startswith(old + os.sep) else value
-    if isinstance(value, list):
-        return [_relocate(v, old, new) for v in value]
-    if isinstance(value, dict):
-        return {k: _relocate(v, old, new) for k, v in value.items()}
-    return value
-
-
-def _copy_run(source: Path, target: Path, old_root: str, new_root: str) -> None:
-    """Copy the recorded files of run folder ``source`` to ``target``, relocating the paths in its JSON files."""
-    for file in _recorded_files(source):
-        destination = target / file.relative_to(source)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        if file.suffix == ".json":
-            atomic_write_json(destination, _relocate(json.loads(file.read_text()), old_root, new_root))
-        else:
-            atomic_write_bytes(destination, file.read_bytes())
-
-
-def _record_run(run_dir: Path, recorded: Path, root: str) -> None:
-    """Replace the record ``recorded`` of a run by what ``run_dir`` holds now (a retrained run has other curves)."""
-    if recorded.is_dir():
-        shutil.rmtree(recorded)
-    _copy_run(run_dir, recorded, root, RECORD_ROOT)
-
-
-def _restore_recorded_run(recorded: Path, run_dir: Path, overlay: Mapping[str, Any], root: str) -> bool:
-    """Restore the finished run recorded in ``recorded`` into ``run_dir`` when it ran with ``overlay``."""
-    result_file = recorded / "result.json"
-    if not result_file.is_file():
-        return False
-    previous = _relocate(json.loads(result_file.read_text()), RECORD_ROOT, root)
-    if previous.get("status") != "ok" or previous.get("overlay") != overlay:
-        return False
-    _copy_run(recorded, run_dir, RECORD_ROOT, root)
-    return True
+def _finished_with(overlay: Mapping[str, Any]) -> Any:
+    return lambda result: result.get("status") == "ok" and result.get("overlay") == overlay
 
 
 def run_study(
@@ -485,7 +447,7 @@ def run_study(
             and run.name not in needed_models
             and not result_file.is_file()
             and not (run_dir / ATTEMPT_FILE).is_file()
-            and _restore_recorded_run(record / relative, run_dir, overlay, root)
+            and study_records.restore(record / relative, run_dir, "result.json", _finished_with(overlay), root)
         ):
             log(f"[{i}/{len(runs)}] {run.label}: restored from the record {record / relative}")
         if result_file.is_file():
@@ -494,7 +456,7 @@ def run_study(
                 log(f"[{i}/{len(runs)}] {run.label}: done before, reusing {result_file}")
                 results.append({**previous, "run_dir": str(run_dir)})
                 if record is not None:
-                    _record_run(run_dir, record / relative, root)
+                    study_records.save(_recorded_files(run_dir), run_dir, record / relative, root)
                 continue
         # a run that ended (failed, or with another overlay) starts again; one stopped midway has no result
         checkpoint = None if result_file.is_file() else _interrupted_checkpoint(run_dir, overlay)
@@ -550,7 +512,7 @@ def run_study(
         atomic_write_json(result_file, outcome)
         results.append(outcome)
         if record is not None and outcome["status"] == "ok":
-            _record_run(run_dir, record / relative, root)
+            study_records.save(_recorded_files(run_dir), run_dir, record / relative, root)
     return results
 
 

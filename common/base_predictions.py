@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from common import records
 from common.bundle_run import monai_bundle_run
 from common.data.btcv import BTCVDataError, btcv_case_paths, find_raw_data_dir, kfold_cases, synapse_split
 from common.data.refinement import NUM_CLASSES, datalist_entry, require_file, write_datalist
@@ -93,19 +94,32 @@ def _train_and_predict(
     predict_settings: dict[str, Any],
     base_ckpt: Path | None,
     log: Callable[[str], Any],
+    record: Path | None = None,
 ) -> None:
     """Train a base model in ``run_dir`` (unless ``base_ckpt`` is given) and predict into ``prediction_dir``.
 
     One ``python -m monai.bundle run`` of ``train_base.json`` + ``predict_base.json`` + ``run_dir/overlay.json``;
     when it trains, the overlay's ``run`` is ``train_base.json``'s run followed by ``predict_base.json``'s (read
     from the two files), which saves starting a second process. Log: ``run_dir/run.log``. A run whose
-    ``prediction_dir/done.json`` records the same settings is not repeated.
+    ``prediction_dir/done.json`` records the same settings is not repeated; with ``record`` (a folder of
+    :mod:`common.records`), the predictions are kept there too, and restored from there when it holds them for the
+    same settings (the base model's weights are not kept: a later run that needs them trains again).
     """
     train_config, predict_config = _bundle_configs(bundle_root)
-    record = {"settings": settings, "predict": predict_settings, "base_ckpt": str(base_ckpt) if base_ckpt else None}
+    settings_record = {
+        "settings": settings,
+        "predict": predict_settings,
+        "base_ckpt": str(base_ckpt) if base_ckpt else None,
+    }
     done = prediction_dir / "done.json"
-    if done.is_file() and json.loads(done.read_text()) == record:
+    root = str(Path.cwd().resolve())
+    if record is not None and not done.is_file():
+        if records.restore(record, prediction_dir, "done.json", lambda recorded: recorded == settings_record, root):
+            log(f"{prediction_dir}: restored from the record {record}")
+    if done.is_file() and json.loads(done.read_text()) == settings_record:
         log(f"{prediction_dir}: done before, reusing")
+        if record is not None:
+            records.save(sorted(p for p in prediction_dir.iterdir() if p.is_file()), prediction_dir, record, root)
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     overlay = {
@@ -127,7 +141,14 @@ def _train_and_predict(
     monai_bundle_run(
         [train_config, predict_config, run_dir / "overlay.json"], cwd=bundle_root, log_file=run_dir / "run.log"
     )
-    atomic_write_json(done, record)
+    atomic_write_json(done, settings_record)
+    if record is not None:
+        records.save(sorted(p for p in prediction_dir.iterdir() if p.is_file()), prediction_dir, record, root)
+
+
+def _record_of(record: str | os.PathLike | None, out: Path, prediction_dir: Path) -> Path | None:
+    """Where the record folder ``record`` keeps the predictions of ``prediction_dir`` (same place as under ``out``)."""
+    return None if record is None else Path(record).resolve() / prediction_dir.relative_to(out)
 
 
 def _settings(
@@ -169,6 +190,7 @@ def base_oof(
     overlays: Sequence[str | os.PathLike] = (),
     allow_partial: bool = False,
     log: Callable[[str], Any] = print,
+    record: str | os.PathLike | None = None,
 ) -> Path:
     """Train ``folds x len(seeds)`` base models and collect their out-of-fold predictions (module docstring).
 
@@ -196,7 +218,8 @@ def base_oof(
             settings = _settings(user, bundle_root, raw_dir, allow_partial, seed, fold, folds)
             predict = {"in_sample": in_sample, "save_probabilities": probabilities}
             prediction_dir = out / "predictions" / name
-            _train_and_predict(bundle_root, out / "base_models" / name, prediction_dir, settings, predict, None, log)
+            _train_and_predict(bundle_root, out / "base_models" / name, prediction_dir, settings, predict, None, log,
+                               _record_of(record, out, prediction_dir))  # fmt: skip
             for case in held_out:
                 base = _prediction_file(prediction_dir, case)
                 entries.append(datalist_entry(raw_dir, out, case, base, seed=seed, fold=fold, source="out_of_fold"))
@@ -219,6 +242,7 @@ def base_in_sample(
     overlays: Sequence[str | os.PathLike] = (),
     allow_partial: bool = False,
     log: Callable[[str], Any] = print,
+    record: str | os.PathLike | None = None,
 ) -> Path:
     """The paper's Algorithm 1: one base model per seed on all training cases, predicting them (module docstring).
 
@@ -242,7 +266,7 @@ def base_in_sample(
         predict = {"in_sample": True, "save_probabilities": probabilities}  # num_folds 1: plus the test cases
         prediction_dir = out / "predictions" / f"in_sample_seed{seed}"
         _train_and_predict(bundle_root, out / "base_models" / f"seed{seed}_all", prediction_dir, settings, predict,
-                           None, log)  # fmt: skip
+                           None, log, _record_of(record, out, prediction_dir))  # fmt: skip
         for case in train_cases:
             base = _prediction_file(prediction_dir, case)
             training.append(datalist_entry(raw_dir, out, case, base, seed=seed, source="in_sample"))
@@ -403,14 +427,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--overlay", action="append", default=[], help="JSON file of overrides for train_base.json (repeatable)"
         )
 
+    def record_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--record",
+            help="folder that keeps the predictions (no weights) and restores them on a machine that lacks them "
+            "(a study continued over several machines; common.records)",
+        )
+
     p = sub.add_parser("base-oof", help="out-of-fold base predictions of the training cases")
     base_args(p)
+    record_arg(p)
     p.add_argument("--folds", type=int, default=3, help="folds per seed (default 3)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one set of folds each (default 0)")
     p.add_argument("--in-sample", action="store_true", help="also predict each model's own training cases")
 
     p = sub.add_parser("base-in-sample", help="the paper's Algorithm 1: K models on all training cases predict them")
     base_args(p)
+    record_arg(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one base model per seed (default 0 1 2)")
 
     p = sub.add_parser("base-test", help="base predictions of the test cases")
@@ -429,12 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "base-oof":
             datalist = base_oof(
                 args.bundle_root, args.dataset_dir, args.out, args.folds, args.seeds, args.in_sample,
-                args.probabilities, args.overlay, args.partial_split,
+                args.probabilities, args.overlay, args.partial_split, record=args.record,
             )  # fmt: skip
         elif args.command == "base-in-sample":
             datalist = base_in_sample(
                 args.bundle_root, args.dataset_dir, args.out, args.seeds, args.probabilities, args.overlay,
-                args.partial_split,
+                args.partial_split, record=args.record,
             )  # fmt: skip
         elif args.command == "base-test":
             datalist = base_test(

@@ -555,6 +555,30 @@ def test_base_in_sample_is_algorithm_1_next_to_the_out_of_fold_entries(pipeline,
     assert [(e["case"], e["source"]) for e in split.validation] == [("0007", "out_of_fold")]
 
 
+def test_a_record_restores_base_predictions_on_a_machine_without_them(pipeline, tmp_path, monkeypatch):
+    """``--record`` keeps each base model's predictions (not its weights); another output folder, as on a fresh
+    clone, gets them back without training, and the same datalist."""
+    overlay = _overlay(tmp_path / "base_tiny.json", TINY_BASE)
+    args = ["base-in-sample", "--bundle-root", str(BUNDLE), "--dataset-dir", str(pipeline["data"]), "--partial-split",
+            "--seeds", "0", "--overlay", str(overlay), "--record", str(tmp_path / "record")]  # fmt: skip
+    assert common.base_predictions.main([*args, "--out", str(tmp_path / "first")]) == 0
+    recorded = sorted(p.name for p in (tmp_path / "record" / "predictions" / "in_sample_seed0").iterdir())
+    cases = ("0005", "0006", "0007", "0008", "0022")
+    assert recorded == [".run.json", "done.json", *(f"img{c}_base.nii.gz" for c in cases)]  # .run.json: provenance
+    assert not list((tmp_path / "record").rglob("*.pt"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again although the record holds the predictions")
+
+    monkeypatch.setattr(common.base_predictions, "monai_bundle_run", no_training)
+    assert common.base_predictions.main([*args, "--out", str(tmp_path / "second")]) == 0
+    first, second = (json.loads((tmp_path / d / "datalist.json").read_text()) for d in ("first", "second"))
+    assert first["training"] == second["training"] and first["test"] == second["test"]
+    for entry in second["training"]:
+        restored = (tmp_path / "second" / entry["base"]).read_bytes()
+        assert restored == (tmp_path / "first" / entry["base"]).read_bytes()
+
+
 def test_refnet_trains_one_epoch_on_the_base_predictions(pipeline):
     log = (pipeline["root"] / "train.log").read_text()
     assert "SupervisedTrainer - INFO - Epoch[1] Complete" in log and "val_raw_mean_dice" in log

@@ -51,7 +51,8 @@ def test_study_refnet_command_writes_its_tables_and_curves_on_a_tiny_budget(tmp_
     study = tmp_path / "study"
     result = subprocess.run(
         ["make", "-s", "study-refnet", f"REFNET_STUDY={study}", "REFNET_STUDY_SIZE=48 48 32", "REFNET_STUDY_SEEDS=2",
-         f"REFNET_STUDY_BASE_MODEL={base}", f"REFNET_STUDY_BASE=--base {refnet}"],
+         f"REFNET_STUDY_BASE_MODEL={base}", f"REFNET_STUDY_BASE=--base {refnet}",
+         f"REFNET_STUDY_RECORD={study / 'record'}"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
