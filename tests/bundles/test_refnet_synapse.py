@@ -643,6 +643,31 @@ def test_inference_turns_a_ct_into_a_refined_label_map_with_its_affine(pipeline,
     assert set(np.unique(np.asarray(prediction.dataobj)).tolist()) <= set(range(13))
 
 
+def test_crop_foreground_runs_both_stages_on_the_body_and_pastes_the_label_map_back(pipeline, tmp_path):
+    """With crop_foreground the cascade sees the box of the voxels above -175 HU plus crop_margin (the phantom's body
+    in air), and the label map comes back on the CT's grid with background outside that box."""
+    data = pipeline["data"]
+    ct_file = btcv_case_paths(data / "RawData", "0022").image
+    overlay = {**TINY_REFNET, **TINY_INFERENCE_BASE, "bundle_root": str(BUNDLE), "ckpt_dir": str(pipeline["models"]),
+               "dataset_dir": str(ct_file), "output_dir": str(tmp_path / "out"), "crop_foreground": True,
+               "crop_margin": 1, "progress": False}  # fmt: skip
+    zoo.monai_bundle_run([CONFIGS / "inference.json", _overlay(tmp_path / "o.json", overlay)], log_file=tmp_path / "l")
+    ct = nib.load(str(ct_file))
+    prediction = nib.load(str(tmp_path / "out" / "img0022_seg.nii.gz"))
+    assert prediction.shape == ct.shape
+    np.testing.assert_allclose(prediction.affine, ct.affine, atol=1e-4)
+    body = np.asarray(ct.dataobj) > -175
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(body))
+    assert any(b.start > 0 or b.stop < n for b, n in zip(box, ct.shape, strict=True)), "the phantom fills its grid"
+    outside = np.ones(ct.shape, bool)
+    outside[box] = False
+    assert not np.asarray(prediction.dataobj)[outside].any(), "labels outside the cropped box"
+    overlay |= {"crop_foreground": False, "output_dir": str(tmp_path / "uncropped")}
+    zoo.monai_bundle_run([CONFIGS / "inference.json", _overlay(tmp_path / "o.json", overlay)], log_file=tmp_path / "l")
+    uncropped = np.asarray(nib.load(str(tmp_path / "uncropped" / "img0022_seg.nii.gz")).dataobj)
+    assert uncropped[outside].any(), "without the crop these weights label air too: the check above means something"
+
+
 def test_inference_without_base_model_names_the_file(tmp_path):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
