@@ -93,7 +93,8 @@ bench-weights: setup
 	$(PY) -m bench.weights
 
 # bench plus what its budget leaves out (the whole-case fp32 passes of the three slowest networks, the allocator
-# ablations, the FCT-vs-BasicUNet Dice comparison, the RefNet cascade's time and peak memory on a 512x512x400 CT):
+# ablations, the foreground crop of every 3D network as a lever row (time, windows, agreement), the FCT-vs-BasicUNet
+# Dice comparison, the RefNet cascade's time and peak memory on a 512x512x400 CT):
 # about an hour on 2 cores, of which the 512x512x400 CT takes about 20 minutes; plus one RefNet request through the
 # zoo's MONAI Label server on a 512x512x100 CT, with /info/ answer times meanwhile (bench/monailabel.py).
 bench-full: setup

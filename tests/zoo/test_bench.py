@@ -94,6 +94,10 @@ def test_bench_run_quick_writes_json_and_markdown(tmp_path):
         "cohra_unet_brats", "mtcm_kd_t1ce_student", "reference: MONAI SegResNet", "refnet_synapse",
         "fct_visible_korean"}  # fmt: skip
     assert "## Goals: a whole case on 2 cores" in md and "not measured (quick)" in md
+    levers = [f for f in report["figures"] if f.get("lever") == "crop_foreground"]
+    assert {f["bundle"] for f in levers} == {
+        "cohra_unet_brats", "mtcm_kd_t1ce_student", "reference: MONAI SegResNet", "refnet_synapse"}  # fmt: skip
+    assert all(0.0 <= f["values"][0] <= 1.0 for f in levers if f["unit"] == "Dice")
     assert len(list(Path(tmp_path).glob("2*.json"))) == 1
 
 
@@ -136,6 +140,8 @@ def test_goal_rows_say_met_or_missed_and_why_from_the_same_run():
         fig("cohra_unet_brats", "COHRA fast, full case", "s", [30.0, 31.0, 29.0], goal={"max_s": 15.0}),
         fig("cohra_unet_brats", "COHRA fast, full case [fraction of bfloat16 matmul peak]", "fraction", [0.5]),
         fig("cohra_unet_brats", "COHRA agreement, one window", "Dice", [0.999]),
+        fig("cohra_unet_brats", "COHRA fast + crop", "s", [12.0], lever="crop_foreground"),
+        fig("cohra_unet_brats", "COHRA fast + crop agreement", "Dice", [0.93], lever="crop_foreground"),
         fig("reference: MONAI SegResNet", "SegResNet fast, full case", "s", [2.5], goal={"max_s": 3.0}),
         fig("reference: MONAI SegResNet", "SegResNet agreement", "Dice", [0.99]),
         fig("fct_visible_korean", "FCT eager", "s", [4.0]),
@@ -145,7 +151,10 @@ def test_goal_rows_say_met_or_missed_and_why_from_the_same_run():
     report = {"figures": figures, "quick": False}
     rows = {row["bundle"]: row for row in goal_rows(report)}
     assert rows["cohra_unet_brats"]["met"] is False
-    assert rows["cohra_unet_brats"]["reasons"] == ["2.0x the time", "the path already runs at 0.50 of the matmul peak"]
+    assert rows["cohra_unet_brats"]["reasons"] == [
+        "2.0x the time", "the path already runs at 0.50 of the matmul peak",
+        "with crop_foreground: 12.00 s, label maps agree at Dice 0.9300"]  # fmt: skip
+    assert rows["cohra_unet_brats"]["agreement"] == 0.999, "a lever's agreement is not the default path's"
     assert rows["reference: MONAI SegResNet"]["met"] is False
     assert rows["reference: MONAI SegResNet"]["reasons"][0] == "label maps agree at Dice 0.9900 < 0.995"
     assert rows["fct_visible_korean"]["met"] is True and rows["fct_visible_korean"]["measured"] == "4.00x (1.00 s)"
