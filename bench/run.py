@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also what the 20-minute budget leaves out: the fp32 eager pass of COHRA-UNet, the student and the "
         "RefNet cascade over the whole case, the foreground crop of the 3D networks as lever rows, the "
-        "FCT-vs-BasicUNet Dice comparison (about 20 more minutes), and "
+        "FCT-vs-BasicUNet Dice comparison (about 15 more minutes before the crop rows were added), and "
         "refnet_synapse's inference command on a 512x512x400 CT, peak RSS and wall time (about 25 more minutes)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="repeats per figure (default 3; 1 with --quick)")
