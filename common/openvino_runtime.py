@@ -7,18 +7,19 @@ but SegResNet 15 % slower. Until ``make bench`` has measured it per bundle, whol
 weights included, it is a setting, not the default.
 
 :class:`OpenVINONetwork` stands in for the torch network inside :class:`common.fast_inference.FastInferer`: the
-sliding window, blending and postprocessing stay MONAI's. Per input shape (a window, a batch of slices) it converts
-the network once with dynamic batch and spatial sizes, traced on a small input (half the first input's size: seconds
-and little memory, where a trace at a 128^3 window took COHRA-UNet minutes and GiBs), then per input shape fixes
-that shape on the converted model (8-15 % faster than running it dynamic) and compiles it for the CPU in bf16 where
-oneDNN runs bf16 natively (:func:`common.cpu.native_bf16`), else in float32.
+sliding window, blending and postprocessing stay MONAI's. It converts the network once with dynamic batch and
+spatial sizes, traced on a small input (half the first input's size: seconds, where a trace at a 128^3 window took
+COHRA-UNet minutes), then per input shape (a window, a batch of slices) fixes that shape on the converted model
+(8-15 % faster than running it dynamic) and compiles it for the CPU in bf16 where oneDNN runs bf16 natively
+(:func:`common.cpu.native_bf16`), else in float32.
 
 A trace records one path through the network's Python: a branch taken on the small input (COHRA-UNet interpolates
 its positional embedding there, since that grid differs from its training grid) is the branch the converted model
 takes at every size. So the first time a shape is used, the model fixed to it is compiled in float32 and checked
 against the PyTorch network on that input (largest difference at most ``DYNAMIC_TOLERANCE`` of the largest logit);
-a shape that fails the check, or a network that cannot be converted with dynamic sizes, is converted for that
-exact shape instead (a static trace, as before). Converted models and each shape's check are kept on disk, keyed by
+a shape that fails the check, or a network that cannot be traced at the smaller size (Swin UNETR needs multiples
+of 32; remembered in the cache), is converted for that exact shape instead, a static trace that folds the shape
+arithmetic into constants. Converted models and each shape's check are kept on disk, keyed by
 the network's class, its weights, the shape, the precision and the library versions, so that only the first run on
 a machine pays for them: ``$ZOO_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/monai_zoo/openvino`` (``~/.cache/...``).
 
@@ -171,7 +172,7 @@ class OpenVINONetwork:
             with torch.no_grad():
                 expected = self.network(x).float()
             compiled = self.ov.Core().compile_model(model, "CPU", self._config("f32"))
-            got = torch.from_numpy(compiled(x.numpy())[0].copy())
+            got = torch.from_numpy(compiled(x.contiguous().numpy())[0].copy())
             del compiled  # its buffers, before the model is compiled again for use
             error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
             atomic_write_json(check_file, {"max_error_relative": error, "ok": error <= DYNAMIC_TOLERANCE})
