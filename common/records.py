@@ -5,7 +5,8 @@ machines lives. A record is a folder, committed with the repository, that keeps 
 left (a run's results and curves, a base model's predictions; never weights). On a machine that lacks the step, the
 study restores them from the record when the step's settings are still those recorded, and does only what the
 record lacks. Paths under the working directory the study ran from are written as :data:`RECORD_ROOT`, so a record
-made in one checkout restores in another of the same layout.
+made in one checkout restores in another of the same layout (in JSON files and in CSV tables, which name the
+cases' files).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def _copy(files: Iterable[Path], source: Path, target: Path, old_root: str, new_
         destination.parent.mkdir(parents=True, exist_ok=True)
         if file.suffix == ".json":
             atomic_write_json(destination, relocate(json.loads(file.read_text()), old_root, new_root))
+        elif file.suffix == ".csv":  # per-case tables name the cases' files
+            atomic_write_bytes(destination, file.read_text().replace(old_root + os.sep, new_root + os.sep).encode())
         else:
             atomic_write_bytes(destination, file.read_bytes())
 

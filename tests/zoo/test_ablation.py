@@ -487,7 +487,7 @@ def test_a_record_carries_finished_runs_to_a_fresh_checkout(tmp_path, monkeypatc
         if "evaluate.json" in str(stack[-2]):
             summary = {"metrics": {"val_mean_dice": 0.5 + overlay["epochs"] / 100}, "split": "test", "cases": 2}
             (output_dir / "metrics_summary.json").write_text(json.dumps(summary))
-            (output_dir / "metrics.csv").write_text("case,dice\na,0.5\n")
+            (output_dir / "metrics.csv").write_text(f"filename,dice\n{Path.cwd() / 'data' / 'a.nii.gz'},0.5\n")
         else:
             trained.append(Path(log_file).parent.name)
             (output_dir / "events.out.tfevents.1.host").write_bytes(b"curves")
@@ -516,6 +516,7 @@ def test_a_record_carries_finished_runs_to_a_fresh_checkout(tmp_path, monkeypatc
         "result.json"]  # fmt: skip
     assert str(first) not in (recorded / "result.json").read_text()
     assert json.loads((recorded / "result.json").read_text())["overlay"]["data"] == "{study_root}/data"
+    assert (recorded / "eval" / "metrics.csv").read_text() == "filename,dice\n{study_root}/data/a.nii.gz,0.5\n"
 
     second, second_runs = checkout("second")
     shutil.copytree(first / "record", second / "record")
@@ -532,5 +533,6 @@ def test_a_record_carries_finished_runs_to_a_fresh_checkout(tmp_path, monkeypatc
     assert restored["overlay"]["output_dir"] == str(second / "out" / "b" / "seed0" / "eval")
     assert (second / "out" / "b" / "seed0" / "eval" / "events.out.tfevents.1.host").read_bytes() == b"curves"
     assert not (second / "out" / "b" / "seed0" / "models").exists()
+    assert str(second / "data" / "a.nii.gz") in (second / "out" / "b" / "seed0" / "eval" / "metrics.csv").read_text()
     assert [r["metrics"]["val_mean_dice"] for r in results] == [0.51, 0.52, 0.55, 0.53]
     assert json.loads((second / "record" / "a" / "seed1" / "result.json").read_text())["overlay"]["epochs"] == 5
