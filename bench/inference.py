@@ -709,13 +709,18 @@ def _refnet_bundle_run_figures(ctx: Context, log: Callable[[str], None]) -> list
     ]
 
 
+def _measure_with_lever(case: Case, ctx: Context, fast: bool, **lever: bool) -> dict:
+    """One more whole-case measurement of ``case`` with a lever of :func:`measure` set (one timed run, as the
+    ablations are; the smoke mode's repeats with ``--quick``)."""
+    repeats = 1 if not ctx.quick else ctx.repeats
+    return _call(ctx, "bench.inference:measure", case=case.key, fast=fast, repeats=repeats, quick=ctx.quick,
+                 work_dir=str(ctx.work_dir), **lever)  # fmt: skip
+
+
 def _allocator_ablation(case: Case, ctx: Context, log: Callable[[str], None]) -> dict:
     """The fp32 eager path once more with the allocator keeping freed memory: how much of the fast path's gain is
     the allocator alone (SegResNet only: the same ablation on COHRA-UNet would cost another ~2 min)."""
-    r = _call(
-        ctx, "bench.inference:measure", case=case.key, fast=False, repeats=1 if not ctx.quick else ctx.repeats,
-        quick=ctx.quick, work_dir=str(ctx.work_dir), retain_memory=True,
-    )  # fmt: skip
+    r = _measure_with_lever(case, ctx, fast=False, retain_memory=True)
     log(f"{case.key} eager + retain_freed_memory: median {np.median(r['times']):.1f} s")
     eager_name = _path_names(case, FULL, ctx)[False]
     return figure(
@@ -734,10 +739,7 @@ def _crop_ablation(case: Case, full: dict[bool, dict], ctx: Context, log: Callab
     """The fast path over the whole case once more with the bundle's ``crop_foreground``: its time next to the
     uncropped fast path's, the windows it computes, and its label map's agreement with the uncropped fp32 eager one
     (with the fast one where the budget left the eager pass out)."""
-    r = _call(
-        ctx, "bench.inference:measure", case=case.key, fast=True, repeats=1 if not ctx.quick else ctx.repeats,
-        quick=ctx.quick, work_dir=str(ctx.work_dir), crop=True,
-    )  # fmt: skip
+    r = _measure_with_lever(case, ctx, fast=True, crop=True)
     log(f"{case.key} fast + crop: median {np.median(r['times']):.1f} s")
     fast_name = _path_names(case, FULL, ctx)[True]
     name = fast_name.replace("fast_cpu path", "fast_cpu path + crop_foreground (lever ablation)", 1)
