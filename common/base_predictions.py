@@ -118,8 +118,7 @@ def _train_and_predict(
             log(f"{prediction_dir}: restored from the record {record}")
     if done.is_file() and json.loads(done.read_text()) == settings_record:
         log(f"{prediction_dir}: done before, reusing")
-        if record is not None:
-            records.save(sorted(p for p in prediction_dir.iterdir() if p.is_file()), prediction_dir, record, root)
+        _keep_in_record(prediction_dir, record, root)
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     overlay = {
@@ -142,6 +141,10 @@ def _train_and_predict(
         [train_config, predict_config, run_dir / "overlay.json"], cwd=bundle_root, log_file=run_dir / "run.log"
     )
     atomic_write_json(done, settings_record)
+    _keep_in_record(prediction_dir, record, root)
+
+
+def _keep_in_record(prediction_dir: Path, record: Path | None, root: str) -> None:
     if record is not None:
         records.save(sorted(p for p in prediction_dir.iterdir() if p.is_file()), prediction_dir, record, root)
 
