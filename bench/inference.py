@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +106,10 @@ SEGRESNET = {
 ALLOCATOR_ABLATION = "segresnet"
 #: The cases whose fast path is measured once more with their bundle's foreground crop (see ``_crop_ablation``).
 CROP_ABLATION = ("segresnet", "cohra", "student", "refnet")
+
+#: The cases whose fast path is measured once more on the other runtime (see ``_runtime_ablation``). Not the RefNet
+#: cascade: its two stages call their networks through the cascade, where this benchmark cannot hand them over.
+RUNTIME_ABLATION = ("segresnet", "cohra", "student", "fct")
 
 #: Why the measurements are what they are. ``make bench`` must finish in 20 minutes on 2 cores, and one fp32 eager
 #: pass over the full case takes about 4 min for COHRA-UNet, the student (1.8 TFLOP per 128^3 window x 18 windows)
@@ -248,7 +254,7 @@ def make_data(data: str, split: str, quick: bool, work_dir: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- networks
-def _bundle_parser(bundle: str, quick: bool, fast: bool):
+def _bundle_parser(bundle: str, quick: bool, fast: bool, runtime: str | None = None):
     from monai.bundle import ConfigParser
 
     root = REPO_ROOT / "bundles" / bundle
@@ -269,11 +275,24 @@ def _bundle_parser(bundle: str, quick: bool, fast: bool):
         if not quick:
             parser["base_spacing"] = None  # the benchmark CT is already at the training spacing: no resampling
     parser["fast_cpu"] = fast
+    if runtime is not None:
+        parser["fast_cpu_runtime"] = runtime
     return parser
 
 
-def build(case: Case, quick: bool, fast: bool) -> tuple[dict[str, Any], Callable]:
-    """``({name: network}, inferer)`` of one path; the inferer is called as ``inferer(x, networks['net'])``."""
+def default_runtime(case: Case) -> str:
+    """The runtime of ``case``'s fast path by default: its bundle's ``fast_cpu_runtime``; PyTorch for a reference."""
+    if case.config is None:
+        return "torch"
+    return json.loads((REPO_ROOT / "bundles" / case.config / "configs" / "inference.json").read_text())[
+        "fast_cpu_runtime"
+    ]
+
+
+def build(case: Case, quick: bool, fast: bool, runtime: str | None = None) -> tuple[dict[str, Any], Callable]:
+    """``({name: network}, inferer)`` of one path; the inferer is called as ``inferer(x, networks['net'])``.
+    ``runtime``: the fast path's ``fast_cpu_runtime`` (``None``: the case's default, :func:`default_runtime`)."""
+    runtime = runtime or default_runtime(case)
     import torch
     from monai.inferers import SimpleInferer, SlidingWindowInferer
     from monai.networks.nets import BasicUNet, SegResNet
@@ -281,7 +300,7 @@ def build(case: Case, quick: bool, fast: bool) -> tuple[dict[str, Any], Callable
     from common.fast_inference import FastInferer
 
     if case.config is not None:
-        parser = _bundle_parser(case.config, quick, fast)
+        parser = _bundle_parser(case.config, quick, fast, runtime)
         nets = {"net": parser.get_parsed_content("network_def")}
         inferer = parser.get_parsed_content("inferer")
         if case.key == "refnet":
@@ -290,11 +309,12 @@ def build(case: Case, quick: bool, fast: bool) -> tuple[dict[str, Any], Callable
         kw = {"init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]} if quick else {}
         nets = {"net": SegResNet(**{**SEGRESNET, **kw})}
         roi = [32] * 3 if quick else [128] * 3
-        inferer = FastInferer(SlidingWindowInferer(roi, sw_batch_size=1, overlap=0.5, mode="gaussian"), enabled=fast)
+        window = SlidingWindowInferer(roi, sw_batch_size=1, overlap=0.5, mode="gaussian")
+        inferer = FastInferer(window, enabled=fast, runtime=runtime)
     elif case.key == "basicunet":
         features = (4, 4, 8, 16, 32, 4) if quick else (32, 32, 64, 128, 256, 32)
         nets = {"net": BasicUNet(spatial_dims=2, in_channels=3, out_channels=3, features=features)}
-        inferer = FastInferer(SimpleInferer(), enabled=fast)
+        inferer = FastInferer(SimpleInferer(), enabled=fast, runtime=runtime)
     else:
         raise ValueError(f"build: no builder for case {case.key!r}.")
     for net in nets.values():
@@ -402,10 +422,12 @@ def train_weights(case: str, quick: bool, work_dir: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ measuring
 class _Counted:
-    """Counts the items a network is called on and remembers one item's shape (for the FLOPs per window)."""
+    """Counts the items a network is called on and remembers one item's shape (for the FLOPs per window).
+    ``module``: the torch module whose FLOPs those are, where ``network`` is its OpenVINO stand-in."""
 
-    def __init__(self, network) -> None:
+    def __init__(self, network, module=None) -> None:
         self.network = network
+        self.module = network if module is None else module
         self.items = 0
         self.item_shape: tuple[int, ...] | None = None
 
@@ -465,6 +487,7 @@ def measure(
     retain_memory: bool = False,
     region: str = FULL,
     crop: bool = False,
+    runtime: str | None = None,
 ) -> dict:
     """Time one path of ``case`` on its test phantom; saves the label map for the agreement check.
 
@@ -473,19 +496,21 @@ def measure(
     (the allocator ablation; the fast path always applies it). ``crop`` (full case only): what the bundle's
     ``crop_foreground`` does, timed with the rest: the inferer runs on the box of the input's non-zero voxels (the
     skull-stripped brain; the CT's body, air being 0 after the intensity scaling) plus the bundle's ``crop_margin``,
-    and the label map is pasted back onto the full grid as background.
+    and the label map is pasted back onto the full grid as background. ``runtime``: the fast path's
+    ``fast_cpu_runtime`` (``None``: the case's default); on OpenVINO the result's ``first_pass_s`` is the first
+    call, conversion and check included where the run's cache (``ZOO_OPENVINO_CACHE``) did not have them yet.
     """
     import torch
     from monai.data import MetaTensor
 
     from common.allocator import retain_freed_memory
-    from common.fast_inference import bf16_supported
+    from common.fast_inference import FastInferer, bf16_supported
     from common.inferers.foreground import foreground_box
 
     if retain_memory:
         retain_freed_memory()
     spec = CASES[case]
-    nets, inferer = build(spec, quick, fast)
+    nets, inferer = build(spec, quick, fast, runtime)
     # the FastInferer around the sliding window (the base stage's in the RefNet cascade)
     fast_inferer = inferer.base_inferer if spec.key == "refnet" else inferer
     state = torch.load(_weights_path(Path(work_dir), spec, quick), map_location="cpu")
@@ -503,7 +528,9 @@ def measure(
         x = x[None]
     if spec.data == "btcv":
         x = MetaTensor(x, affine=torch.as_tensor(data["affine"]))
-    counted = {"net": _Counted(nets["net"])}
+    # what the inferer runs: the module, or its OpenVINO stand-in (counted as it is called; FLOPs of the module)
+    runs = inferer.runtime_network(x, nets["net"]) if isinstance(inferer, FastInferer) else nets["net"]
+    counted = {"net": _Counted(runs, module=nets["net"])}
     base_timer = None
     if spec.key == "refnet":
         counted["base"] = _Counted(inferer.base_network)
@@ -521,10 +548,16 @@ def measure(
             out["logits"] = inferer(x[(slice(None), slice(None), *box)], counted["net"])
         out["box"] = box
 
-    warmup = spec.warmup(quick, region)
-    times = time_call(once, repeats=repeats, warmup=warmup)
+    on_openvino = runs is not nets["net"]
+    warmup = max(spec.warmup(quick, region), int(on_openvino))  # its first call converts: untimed, reported
+    first_pass_s = None
+    if warmup:
+        start = time.perf_counter()
+        once()
+        first_pass_s = time.perf_counter() - start
+    times = time_call(once, repeats=repeats, warmup=warmup - 1 if warmup else 0)
     calls = repeats + warmup
-    flops = {n: c.items / calls * _flops(c.network, c.item_shape) for n, c in counted.items()}
+    flops = {n: c.items / calls * _flops(c.module, c.item_shape) for n, c in counted.items()}
     cropped = label_map(spec, out["logits"])  # (B, *spatial), or (B, regions, *spatial)
     labels = np.zeros((*cropped.shape[: cropped.ndim - (x.ndim - 2)], *x.shape[2:]), np.uint8)
     labels[(..., *out["box"])] = cropped  # outside a cropped box: background
@@ -532,7 +565,7 @@ def measure(
     label_path = Path(work_dir) / "labels" / f"{case}_{region}_{path}{'_quick' if quick else ''}.npy"
     label_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(label_path, labels)
-    uses_bf16 = fast and fast_inferer.bf16 and bf16_supported("cpu")
+    uses_bf16 = fast and fast_inferer.bf16 and bf16_supported("cpu")  # OpenVINO: bf16 under the same rule
     result = {
         "times": times,
         "dtype": "bfloat16" if uses_bf16 else "float32",
@@ -541,6 +574,9 @@ def measure(
         "windows": {n: c.items / calls for n, c in counted.items()},
         "label_path": str(label_path),
         "foreground_fraction": float((labels > 0).mean()),
+        "runtime": "openvino" if on_openvino else "torch",
+        "first_pass_s": first_pass_s,
+        "openvino_converted": bool(on_openvino and runs.conversions),
     }
     if base_timer is not None:
         result["base_times"] = base_timer.times[warmup:]
@@ -640,6 +676,10 @@ def run(ctx: Context) -> list[dict]:
     def log(msg: str) -> None:
         print(f"[bench.inference {time.perf_counter() - start:6.0f} s] {msg}", flush=True)
 
+    # OpenVINO's conversions in a folder of this run, emptied first: each run measures a new machine's first call
+    openvino_cache = ctx.work_dir / "openvino"
+    shutil.rmtree(openvino_cache, ignore_errors=True)
+    os.environ["ZOO_OPENVINO_CACHE"] = str(openvino_cache)
     figs: list[dict] = []
     size = 512 if ctx.quick else 2048
     peak = _call(ctx, "bench.inference:matmul_peaks", size=size, repeats=5)
@@ -670,16 +710,19 @@ def run(ctx: Context) -> list[dict]:
             figs.append(_allocator_ablation(case, ctx, log))
         if key in CROP_ABLATION and ctx.ablations:
             figs += _crop_ablation(case, res[FULL], ctx, log)
+        if key in RUNTIME_ABLATION and ctx.ablations:
+            figs += _runtime_ablation(case, res[FULL], ctx, log)
     if ctx.full or ctx.quick:
         figs += _refnet_bundle_run_figures(ctx, log)
     for key, ref in (("cohra", "segresnet"), ("fct", "basicunet")):
         for fast in sorted(set(medians[key]) & set(medians[ref])):  # the paths both measured over the full case
-            path = "fast_cpu path" if fast else "fp32 eager"
+            paths = [_fast_path(default_runtime(CASES[k])) if fast else "fp32 eager" for k in (key, ref)]
+            path = f"both {paths[0]}" if paths[0] == paths[1] else f"{paths[0]} / {paths[1]}"
             figs.append(
                 figure(
                     "inference",
                     CASES[key].bundle,
-                    f"{CASES[key].title} / {CASES[ref].title} wall time, both {path}, same full input",
+                    f"{CASES[key].title} / {CASES[ref].title} wall time, {path}, same full input",
                     "ratio",
                     [medians[key][fast] / medians[ref][fast]],
                     command=COMMAND,
@@ -709,7 +752,7 @@ def _refnet_bundle_run_figures(ctx: Context, log: Callable[[str], None]) -> list
     ]
 
 
-def _measure_with_lever(case: Case, ctx: Context, fast: bool, **lever: bool) -> dict:
+def _measure_with_lever(case: Case, ctx: Context, fast: bool, **lever: Any) -> dict:
     """One more whole-case measurement of ``case`` with a lever of :func:`measure` set (one timed run, as the
     ablations are; the smoke mode's repeats with ``--quick``)."""
     repeats = 1 if not ctx.quick else ctx.repeats
@@ -741,21 +784,42 @@ def _crop_ablation(case: Case, full: dict[bool, dict], ctx: Context, log: Callab
     (with the fast one where the budget left the eager pass out)."""
     r = _measure_with_lever(case, ctx, fast=True, crop=True)
     log(f"{case.key} fast + crop: median {np.median(r['times']):.1f} s")
-    fast_name = _path_names(case, FULL, ctx)[True]
-    name = fast_name.replace("fast_cpu path", "fast_cpu path + crop_foreground (lever ablation)", 1)
     windows = ", ".join(f"{n}: {w:.0f} (uncropped {full[True]['windows'][n]:.0f})" for n, w in r["windows"].items())
+    path = _fast_path(default_runtime(case)) + " + crop_foreground"
+    return _lever_figures(case, full, r, ctx, "crop_foreground", path, f"network items computed: {windows}")
+
+
+def _runtime_ablation(case: Case, full: dict[bool, dict], ctx: Context, log: Callable[[str], None]) -> list[dict]:
+    """The fast path over the whole case once more on the other runtime (PyTorch where the bundle runs OpenVINO by
+    default, OpenVINO where it runs PyTorch): what the runtime contributes, with its agreement."""
+    other = "torch" if default_runtime(case) == "openvino" else "openvino"
+    r = _measure_with_lever(case, ctx, fast=True, runtime=other)
+    log(f"{case.key} fast on {other}: median {np.median(r['times']):.1f} s")
+    notes = "first call untimed"
+    if r.get("openvino_converted"):
+        notes += f" ({r['first_pass_s']:.0f} s, OpenVINO's conversion and check of the window shape included)"
+    path = "fast_cpu path on " + ("OpenVINO" if other == "openvino" else "PyTorch")
+    return _lever_figures(case, full, r, ctx, f"fast_cpu_runtime {other}", path, notes)
+
+
+def _lever_figures(
+    case: Case, full: dict[bool, dict], r: dict, ctx: Context, lever: str, path: str, notes: str
+) -> list[dict]:
+    """Time, peak RSS and label-map agreement of the whole case on the default fast path with one lever changed
+    (``path`` names it), next to the default fast path; marked ``lever``, which the goals table reads as one."""
+    fast_name = _path_names(case, FULL, ctx)[True]
+    name = fast_name.replace(_fast_path(default_runtime(case)), f"{path} (lever ablation)", 1)
     reference = full.get(False, full[True])
-    against = "fp32 eager" if False in full else "the uncropped fast_cpu path (the budget left fp32 eager out)"
+    against = "fp32 eager" if False in full else "the default fast_cpu path (the budget left fp32 eager out)"
     a, b = np.load(reference["label_path"]), np.load(r["label_path"])
     figs = [
-        figure("inference", case.bundle, name, "s", r["times"], reference=fast_name, command=COMMAND,
-               notes=f"network items computed: {windows}"),
+        figure("inference", case.bundle, name, "s", r["times"], reference=fast_name, command=COMMAND, notes=notes),
         figure("inference", case.bundle, name + " [peak RSS]", "MiB", [r["peak_rss_mib"]]),
         figure("inference", case.bundle, f"{name}: label-map agreement with {against} (Dice)", "Dice",
                [dice_agreement(a, b, regions=case.label == "regions")]),
     ]  # fmt: skip
     for fig in figs:
-        fig["lever"] = "crop_foreground"  # not the default path: the goals table reads it as a lever
+        fig["lever"] = lever  # not the default path: the goals table reads it as a lever
     return figs
 
 
@@ -764,10 +828,15 @@ def _input(case: Case, region: str, ctx: Context) -> str:
     return inp + (" (quick: tiny)" if ctx.quick else "")
 
 
+def _fast_path(runtime: str) -> str:
+    return "fast_cpu path" + (" on OpenVINO" if runtime == "openvino" else "")
+
+
 def _path_names(case: Case, region: str, ctx: Context) -> dict[bool, str]:
     eager_path = "fp32 eager " + ("SimpleInferer" if case.data == "vk" else "SlidingWindowInferer")
     inp = _input(case, region, ctx)
-    return {fast: f"{case.title}: {'fast_cpu path' if fast else eager_path}, {inp}" for fast in (False, True)}
+    fast_path = _fast_path(default_runtime(case))
+    return {fast: f"{case.title}: {fast_path if fast else eager_path}, {inp}" for fast in (False, True)}
 
 
 def _case_figures(case: Case, region: str, res: dict[bool, dict], peak: dict, ctx: Context) -> list[dict]:
@@ -808,6 +877,18 @@ def _case_figures(case: Case, region: str, res: dict[bool, dict], peak: dict, ct
             )
         )
         figs.append(figure("inference", case.bundle, names[fast] + " [peak RSS]", "MiB", [r["peak_rss_mib"]]))
+        if r.get("openvino_converted"):
+            figs.append(
+                figure(
+                    "inference",
+                    case.bundle,
+                    names[fast] + " [first call on a new machine]",
+                    "s",
+                    [r["first_pass_s"]],
+                    notes="the untimed first call: OpenVINO converts the network, checks the window shape against "
+                    "PyTorch and compiles it, then runs; kept on disk (ZOO_OPENVINO_CACHE), later runs skip it",
+                )
+            )
         if "base_times" in r:
             base = "Swin UNETR base stage: {path}, " + inp
             figs.append(

@@ -447,6 +447,7 @@ def test_choi2023_paper_student_is_scored_by_evaluate_json_and_runs_inference_on
     # inference.json: the paper overlay alone on it; a dataset folder lists each case's FLAIR and T1ce files
     out = tmp_path / "out"
     infer = {"dataset_dir": data["dataset_dir"], "ckpt_dir": overrides["ckpt_dir"], "output_dir": str(out)}
+    infer["fast_cpu_runtime"] = "torch"  # in this process: OpenVINO's thread pool would not survive later forks
     workflow = run_workflow(["inference.json", "variant_choi2023_paper.json"], infer, workflow_type="infer")
     datalist = workflow.parser.get_parsed_content("datalist")
     assert [Path(p).name.split("_")[-1] for p in datalist[0]["image"]] == ["flair.nii.gz", "t1ce.nii.gz"]

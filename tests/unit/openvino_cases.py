@@ -135,10 +135,23 @@ def test_an_unknown_runtime_is_refused_by_name():
         FastInferer(WINDOW, runtime="onnx")
 
 
-def test_without_openvino_the_error_says_how_to_install_it(tmp_path, monkeypatch):
+def test_without_openvino_the_inferer_warns_how_to_install_it_and_runs_pytorch(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "openvino", None)
+    net, x = _net(), torch.rand(1, 2, 16, 16, 16)
+    inferer = _openvino_inferer(tmp_path)
+    out = inferer(x, net)
+    warning = "warning: fast_cpu_runtime: 'openvino' needs the openvino package (openvino==2026.4.1, in "
+    assert capsys.readouterr().err.startswith(warning + "requirements.txt: pip install openvino==2026.4.1); running "
+                                              "Sequential on PyTorch instead")  # fmt: skip
+    with torch.no_grad():
+        expected = FastInferer(WINDOW, enabled=False)(x, net)
+    torch.testing.assert_close(
+        out, expected.as_tensor() if hasattr(expected, "as_tensor") else expected, atol=1e-5, rtol=0
+    )
+    inferer(x, net)
+    assert capsys.readouterr().err == ""  # said once: that network stays on PyTorch
     with pytest.raises(OpenVINOUnavailableError, match="pip install openvino==2026.4.1"):
-        _openvino_inferer(tmp_path)(torch.rand(1, 2, 16, 16, 16), _net())
+        OpenVINONetwork(net, cache_dir=tmp_path)
 
 
 def test_a_network_openvino_cannot_convert_is_named_with_the_way_out(tmp_path, monkeypatch):
@@ -149,9 +162,29 @@ def test_a_network_openvino_cannot_convert_is_named_with_the_way_out(tmp_path, m
 
     monkeypatch.setattr(openvino, "convert_model", converter_failure)
     message = r"OpenVINO could not convert Sequential for input shape \[1, 2, 8, 8, 8\] \(Check 'is_conversion_succ"
-    with pytest.raises(OpenVINOUnavailableError, match=message + r".*\); set fast_cpu_runtime to 'torch'$"):
+    with pytest.raises(OpenVINOUnavailableError, match=message + r".*\)$"):
         OpenVINONetwork(_net(), bf16=False, cache_dir=tmp_path)(torch.rand(1, 2, 8, 8, 8))
     assert not list(tmp_path.glob("*/model.xml"))
+
+
+def test_a_network_openvino_cannot_convert_runs_on_pytorch_after_one_warning(tmp_path, monkeypatch, capsys):
+    import openvino
+
+    def converter_failure(*args, **kwargs):
+        raise RuntimeError("no translator for aten::some_op")
+
+    monkeypatch.setattr(openvino, "convert_model", converter_failure)
+    net, x = _net(), torch.rand(1, 2, 24, 20, 16)
+    out = _openvino_inferer(tmp_path)(x, net)
+    err = capsys.readouterr().err
+    warning = "warning: fast_cpu_runtime: OpenVINO could not convert Sequential for input shape [1, 2, 16, 16, 16]"
+    assert err.startswith(warning + " (no translator for aten::some_op); running Sequential on PyTorch")
+    assert err.count("warning:") == 1
+    with torch.no_grad():
+        expected = FastInferer(WINDOW, enabled=False)(x, net)
+    torch.testing.assert_close(
+        out, expected.as_tensor() if hasattr(expected, "as_tensor") else expected, atol=1e-5, rtol=0
+    )
 
 
 def test_fast_cpu_false_ignores_the_runtime(tmp_path):

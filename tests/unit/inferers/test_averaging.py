@@ -365,6 +365,8 @@ def _workflow(bundle: str, work: Path, **settings):
         "ckpt_dir": str(work / "models"),
         "num_workers": 0,
         "dataloader#num_workers": 0,
+        # the PyTorch passes, whose forward calls _run counts (OpenVINO runs a converted copy of the network)
+        "fast_cpu_runtime": "torch",
         **settings,
     }
     return ConfigWorkflow(
