@@ -221,7 +221,7 @@ class FastInferer(Inferer):
         try:
             return self._run_counted(inputs, self.runtime_network(inputs, network), *args, **kwargs)
         except OpenVINOUnavailableError as e:
-            # OpenVINO is missing or cannot convert this network: the PyTorch passes compute the same label map
+            # OpenVINO is missing or cannot convert this network: the PyTorch passes run it, now and from then on
             self._torch_only.add(id(network))
             name = type(network).__name__
             print(f"warning: {e}; running {name} on PyTorch instead (fast_cpu_runtime torch: without trying OpenVINO)",
