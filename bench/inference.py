@@ -562,6 +562,7 @@ def measure(
     labels = np.zeros((*cropped.shape[: cropped.ndim - (x.ndim - 2)], *x.shape[2:]), np.uint8)
     labels[(..., *out["box"])] = cropped  # outside a cropped box: background
     path = ("fast" if fast else "eager_retain" if retain_memory else "eager") + ("_crop" if crop else "")
+    path += f"_{runtime}" if runtime else ""  # a runtime lever keeps the default path's label map
     label_path = Path(work_dir) / "labels" / f"{case}_{region}_{path}{'_quick' if quick else ''}.npy"
     label_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(label_path, labels)

@@ -167,7 +167,7 @@ def test_goal_rows_say_met_or_missed_and_why_from_the_same_run():
     rows = {row["bundle"]: row for row in goal_rows(report)}
     assert rows["cohra_unet_brats"]["met"] is False
     assert rows["cohra_unet_brats"]["reasons"] == [
-        "2.0x the time", "the path already runs at 0.50 of the matmul peak",
+        "2.0x the time", "the path already runs at 0.50 of the matmul peak (at the whole peak: 15.00 s)",
         "with crop_foreground: 12.00 s, label maps agree at Dice 0.9300"]  # fmt: skip
     assert rows["cohra_unet_brats"]["agreement"] == 0.999, "a lever's agreement is not the default path's"
     assert rows["reference: MONAI SegResNet"]["met"] is False
