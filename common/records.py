@@ -26,9 +26,10 @@ RECORD_ROOT = "{study_root}"
 
 
 def relocate(value: Any, old: str, new: str) -> Any:
-    """``value`` (parsed JSON) with the path prefix ``old`` of its strings replaced by ``new``."""
+    """``value`` (parsed JSON) with the paths under ``old`` in its strings moved under ``new``: whole paths, and
+    paths inside a string (a command line in a provenance manifest)."""
     if isinstance(value, str):
-        return new + value[len(old) :] if value == old or value.startswith(old + os.sep) else value
+        return new if value == old else value.replace(old + os.sep, new + os.sep)
     if isinstance(value, list):
         return [relocate(v, old, new) for v in value]
     if isinstance(value, dict):
