@@ -175,7 +175,8 @@ class FastInferer(Inferer):
             included), cleared after each pass; shown only where :func:`common.progress.progress_enabled` allows.
         runtime: ``"torch"`` (the passes above) or ``"openvino"``: on CPU inputs, a torch module is run by OpenVINO
             (:class:`common.openvino_runtime.OpenVINONetwork`, bf16 under the same rule, converted models cached
-            on disk); inputs on a GPU keep the torch passes.
+            on disk; where OpenVINO is missing or cannot convert it, one warning and the torch passes); inputs on
+            a GPU keep the torch passes.
         openvino_cache_dir: where ``"openvino"`` keeps converted models (default
             :func:`common.openvino_runtime.default_cache_dir`).
 
