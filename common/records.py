@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,10 +27,11 @@ RECORD_ROOT = "{study_root}"
 
 
 def relocate(value: Any, old: str, new: str) -> Any:
-    """``value`` (parsed JSON) with the paths under ``old`` in its strings moved under ``new``: whole paths, and
-    paths inside a string (a command line in a provenance manifest)."""
-    if isinstance(value, str):
-        return new if value == old else value.replace(old + os.sep, new + os.sep)
+    """``value`` (parsed JSON, or a CSV file's text) with the paths under ``old`` in its strings moved under ``new``:
+    whole paths, and paths inside a string (a command line in a provenance manifest)."""
+    if isinstance(value, str):  # "old/..." where a path starts: not inside a longer path ("/elsewhere/old/...")
+        return new if value == old else re.sub(rf"(?<![\w.{re.escape(os.sep)}-]){re.escape(old + os.sep)}",
+                                               lambda _: new + os.sep, value)  # fmt: skip
     if isinstance(value, list):
         return [relocate(v, old, new) for v in value]
     if isinstance(value, dict):
@@ -44,7 +46,7 @@ def _copy(files: Iterable[Path], source: Path, target: Path, old_root: str, new_
         if file.suffix == ".json":
             atomic_write_json(destination, relocate(json.loads(file.read_text()), old_root, new_root))
         elif file.suffix == ".csv":  # per-case tables name the cases' files
-            atomic_write_bytes(destination, file.read_text().replace(old_root + os.sep, new_root + os.sep).encode())
+            atomic_write_bytes(destination, relocate(file.read_text(), old_root, new_root).encode())
         else:
             atomic_write_bytes(destination, file.read_bytes())
 

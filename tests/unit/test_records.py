@@ -12,14 +12,14 @@ def test_paths_are_moved_whole_and_inside_strings_but_not_lookalikes():
         "dir": "/work/main",
         "file": "/work/main/data/a.nii.gz",
         "cmd": "python -m monai.bundle run --config_file ['/work/main/configs/t.json','/work/main/o.json']",
-        "other": ["/work/mainline/x", "/elsewhere/work/main", 3],
+        "other": ["/work/mainline/x", "/elsewhere/work/main", "/elsewhere/work/main/x", 3],
     }
     moved = relocate(value, "/work/main", RECORD_ROOT)
     assert moved == {
         "dir": RECORD_ROOT,
         "file": RECORD_ROOT + "/data/a.nii.gz",
         "cmd": f"python -m monai.bundle run --config_file ['{RECORD_ROOT}/configs/t.json','{RECORD_ROOT}/o.json']",
-        "other": ["/work/mainline/x", "/elsewhere/work/main", 3],
+        "other": ["/work/mainline/x", "/elsewhere/work/main", "/elsewhere/work/main/x", 3],
     }
     assert relocate(moved, RECORD_ROOT, "/clone") == relocate(value, "/work/main", "/clone")
 
