@@ -8,6 +8,9 @@ from ci import demo, zoo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_BUNDLE = REPO_ROOT / "tests" / "fixtures" / "bundles" / "tiny_wt_segmentation"
+# Set in the pytest process that tests OpenVINO itself (tests/unit/test_openvino_runtime.py): the one process where
+# tests/conftest.py lets OpenVINO load.
+OPENVINO_IN_PROCESS = "ZOO_TESTS_OPENVINO_IN_PROCESS"
 # Every bundle joins the shared checks by being present in bundles/; the fixture keeps the tools tested
 # on content that does not move when the real bundles change.
 BUNDLES_UNDER_TEST = [*zoo.find_bundles(), FIXTURE_BUNDLE]

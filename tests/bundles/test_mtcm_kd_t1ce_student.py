@@ -589,7 +589,12 @@ def test_inference_on_a_lone_t1ce_file_keeps_its_grid_and_label_convention(data,
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
     torch.save(mtcm_kd_backbone(channels=CHANNELS).state_dict(), tmp_path / "models" / "model.pt")
-    overrides = {"input_image": str(image), "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "out")}
+    overrides = {
+        "input_image": str(image),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "out"),
+        "fast_cpu_runtime": "torch",  # in this process: OpenVINO's thread pool would not survive later forks
+    }
     workflow = run_workflow(["inference.json", *overlays], overrides, workflow_type="infer")
     assert workflow.parser.get_parsed_content("et_label") == max(labels)  # BraTS 2023 names: ET = 3
     prediction = nib.load(tmp_path / "out" / f"{name}_seg.nii.gz")
