@@ -55,6 +55,7 @@ from common import records
 from common.bundle_run import monai_bundle_run
 from common.data.btcv import BTCVDataError, btcv_case_paths, find_raw_data_dir, kfold_cases, synapse_split
 from common.data.refinement import NUM_CLASSES, datalist_entry, require_file, write_datalist
+from common.engines.checkpoints import CHECKPOINT_GLOB, CheckpointNotFoundError, latest_checkpoint
 from common.io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["base_in_sample", "base_oof", "base_test", "corrupt_gt", "main"]
@@ -129,19 +130,39 @@ def _train_and_predict(
         "prediction_dir": str(prediction_dir),
         "base_ckpt": str(base_ckpt or run_dir / "models" / "base_model.pt"),
     }
+    checkpoint = None
     if base_ckpt is None:
         runs = [json.loads(config.read_text())["run"] for config in (train_config, predict_config)]
         overlay["run"] = [step for run in runs for step in run]
+        checkpoint = _interrupted_checkpoint(run_dir, overlay)
         log(f"training base model -> {overlay['base_ckpt']}, then predicting -> {prediction_dir}")
     else:
         log(f"predicting with {base_ckpt} -> {prediction_dir}")
-    atomic_write_json(run_dir / "overlay.json", overlay)
+    stack = [train_config, predict_config, run_dir / "overlay.json"]
+    if checkpoint is None:
+        for stale in (run_dir / "models").glob(CHECKPOINT_GLOB):  # another overlay's: a later resume must not pick them
+            stale.unlink()
+        atomic_write_json(run_dir / "overlay.json", overlay)
+    else:
+        log(f"  interrupted before with the same settings: resuming from {checkpoint.name}")
+        atomic_write_json(run_dir / "resume.json", {"resume": True})
+        stack.append(run_dir / "resume.json")
     log(f"  log: {run_dir / 'run.log'}")
-    monai_bundle_run(
-        [train_config, predict_config, run_dir / "overlay.json"], cwd=bundle_root, log_file=run_dir / "run.log"
-    )
+    monai_bundle_run(stack, cwd=bundle_root, log_file=run_dir / "run.log", append=checkpoint is not None)
     atomic_write_json(done, settings_record)
     _keep_in_record(prediction_dir, record, root)
+
+
+def _interrupted_checkpoint(run_dir: Path, overlay: dict[str, Any]) -> Path | None:
+    """The newest intact epoch checkpoint that an earlier training in ``run_dir`` with the same ``overlay`` left
+    (it stopped before its predictions were written), else ``None``: a base model takes an hour on a CPU."""
+    previous = run_dir / "overlay.json"
+    if not previous.is_file() or json.loads(previous.read_text()) != overlay:
+        return None
+    try:
+        return Path(latest_checkpoint(run_dir / "models"))
+    except CheckpointNotFoundError:
+        return None
 
 
 def _keep_in_record(prediction_dir: Path, record: Path | None, root: str) -> None:

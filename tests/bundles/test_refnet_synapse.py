@@ -579,6 +579,37 @@ def test_a_record_restores_base_predictions_on_a_machine_without_them(pipeline, 
         assert restored == (tmp_path / "first" / entry["base"]).read_bytes()
 
 
+def test_an_interrupted_base_model_resumes_from_its_last_epoch_checkpoint(pipeline, tmp_path, monkeypatch):
+    """A base model stopped before its predictions were written goes on from its newest epoch checkpoint when run
+    with the same settings (its log appended to); with other settings it starts again, its old checkpoints gone."""
+    out = tmp_path / "base"
+    shutil.copytree(pipeline["out"], out)
+    run_dir = out / "base_models" / "seed0_fold0"
+    overlay_file = run_dir / "overlay.json"
+    overlay_file.write_text(overlay_file.read_text().replace(str(pipeline["out"]), str(out)))  # as if run here
+    (out / "predictions" / "seed0_fold0" / "done.json").unlink()  # stopped before it finished
+    assert (run_dir / "models" / "checkpoint_epoch=1.pt").is_file()
+    runs = []
+    monkeypatch.setattr(common.base_predictions, "monai_bundle_run", lambda configs, **kw: runs.append((configs, kw)))
+    args = ["base-oof", "--bundle-root", str(BUNDLE), "--dataset-dir", str(pipeline["data"]), "--partial-split",
+            "--out", str(out), "--folds", "2", "--seeds", "0", "--probabilities"]  # fmt: skip
+    tiny = _overlay(tmp_path / "base_tiny.json", TINY_BASE)
+    assert common.base_predictions.main([*args, "--overlay", str(tiny)]) == 0
+    [(configs, kwargs)] = runs  # fold 1 is done: only fold 0 runs again
+    assert configs[-1] == run_dir / "resume.json" and json.loads(configs[-1].read_text()) == {"resume": True}
+    assert kwargs["append"] is True
+
+    (out / "predictions" / "seed0_fold0" / "done.json").unlink()
+    other = _overlay(tmp_path / "base_other.json", {**TINY_BASE, "learning_rate": 1e-3})
+    runs.clear()
+    assert common.base_predictions.main([*args, "--overlay", str(other)]) == 0
+    assert len(runs) == 2  # both folds again: their settings changed
+    configs, kwargs = runs[0]
+    assert configs[-1] == overlay_file and kwargs["append"] is False
+    assert json.loads(overlay_file.read_text())["learning_rate"] == 1e-3
+    assert not list((run_dir / "models").glob("checkpoint_epoch=*.pt")), "another run's checkpoints would be resumed"
+
+
 def test_refnet_trains_one_epoch_on_the_base_predictions(pipeline):
     log = (pipeline["root"] / "train.log").read_text()
     assert "SupervisedTrainer - INFO - Epoch[1] Complete" in log and "val_raw_mean_dice" in log
