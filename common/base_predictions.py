@@ -102,7 +102,8 @@ def _train_and_predict(
     One ``python -m monai.bundle run`` of ``train_base.json`` + ``predict_base.json`` + ``run_dir/overlay.json``;
     when it trains, the overlay's ``run`` is ``train_base.json``'s run followed by ``predict_base.json``'s (read
     from the two files), which saves starting a second process. Log: ``run_dir/run.log``. A run whose
-    ``prediction_dir/done.json`` records the same settings is not repeated; with ``record`` (a folder of
+    ``prediction_dir/done.json`` records the same settings is not repeated; a training stopped midway with the same
+    settings goes on from its newest epoch checkpoint (``resume``); with ``record`` (a folder of
     :mod:`common.records`), the predictions are kept there too, and restored from there when it holds them for the
     same settings (the base model's weights are not kept: a later run that needs them trains again).
     """
