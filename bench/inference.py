@@ -281,12 +281,14 @@ def _bundle_parser(bundle: str, quick: bool, fast: bool, runtime: str | None = N
 
 
 def default_runtime(case: Case) -> str:
-    """The runtime of ``case``'s fast path by default: its bundle's ``fast_cpu_runtime``; PyTorch for a reference."""
+    """The runtime of ``case``'s fast path by default on this CPU: its bundle's ``fast_cpu_runtime`` (``"auto"`` as
+    :func:`common.fast_inference.chosen_runtime` resolves it here); PyTorch for a reference."""
+    from common.fast_inference import chosen_runtime
+
     if case.config is None:
         return "torch"
-    return json.loads((REPO_ROOT / "bundles" / case.config / "configs" / "inference.json").read_text())[
-        "fast_cpu_runtime"
-    ]
+    inference = json.loads((REPO_ROOT / "bundles" / case.config / "configs" / "inference.json").read_text())
+    return chosen_runtime(inference["fast_cpu_runtime"])
 
 
 def build(case: Case, quick: bool, fast: bool, runtime: str | None = None) -> tuple[dict[str, Any], Callable]:

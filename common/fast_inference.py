@@ -30,7 +30,8 @@ With ``runtime="openvino"`` (``fast_cpu_runtime`` in ``inference.json``; the def
 ``mtcm_kd_t1ce_student``) OpenVINO runs the network on CPU instead of the passes above
 (:mod:`common.openvino_runtime`); the windows, blending and postprocessing stay. Where OpenVINO is not installed or
 cannot convert the network, a ``warning:`` line says why and the passes above run it: a default must not stop a run
-that PyTorch can do.
+that PyTorch can do. ``runtime="auto"`` (the default of ``fct_visible_korean``) takes OpenVINO only where bf16 is
+native, the one kind of CPU on which it beats the passes above for that network (:func:`chosen_runtime`).
 
 With ``progress`` (independent of ``enabled``) it shows a bar over the windows of a sliding window, cleared after
 each pass; :mod:`common.progress` decides where bars are shown. MONAI's own ``SlidingWindowInferer(progress=True)`` is
@@ -61,10 +62,18 @@ from common.openvino_runtime import OpenVINONetwork, OpenVINOUnavailableError, w
 from common.progress import progress_bar, progress_enabled
 from common.settings import SettingError
 
-__all__ = ["RUNTIMES", "FastInferer", "bf16_supported", "channels_last_format", "sliding_window_count"]
+__all__ = [
+    "RUNTIMES",
+    "FastInferer",
+    "bf16_supported",
+    "channels_last_format",
+    "chosen_runtime",
+    "sliding_window_count",
+]
 
-#: The runtimes of the fast path: PyTorch itself, or OpenVINO on CPU (:mod:`common.openvino_runtime`).
-RUNTIMES = ("torch", "openvino")
+#: The runtimes of the fast path: PyTorch itself, OpenVINO on CPU (:mod:`common.openvino_runtime`), or ``"auto"``,
+#: the one the CPU's kind favours (:func:`chosen_runtime`).
+RUNTIMES = ("torch", "openvino", "auto")
 
 
 def bf16_supported(device: torch.device | str) -> bool:
@@ -75,6 +84,17 @@ def bf16_supported(device: torch.device | str) -> bool:
     if device.type == "cpu":
         return native_bf16()  # oneDNN emulates bf16 on AVX2-only CPUs, far slower than float32 (common.cpu)
     return False
+
+
+def chosen_runtime(runtime: str) -> str:
+    """The runtime that ``runtime`` names here: ``"auto"`` is OpenVINO where bf16 is native (AVX-512 BF16, AMX) and
+    PyTorch elsewhere. Measured for FCT on trained weights (README, Performance): OpenVINO's bf16 pass is 2.0x fp32
+    eager against PyTorch's 1.24x, but in float32 (an AVX2-only CPU) OpenVINO is slower than PyTorch's passes."""
+    if runtime not in RUNTIMES:
+        raise SettingError(f"fast_cpu_runtime: expected one of {list(RUNTIMES)}, got {runtime!r}")
+    if runtime == "auto":
+        return "openvino" if native_bf16() else "torch"
+    return runtime
 
 
 def channels_last_format(ndim: int) -> torch.memory_format | None:
@@ -176,7 +196,7 @@ class FastInferer(Inferer):
         runtime: ``"torch"`` (the passes above) or ``"openvino"``: on CPU inputs, a torch module is run by OpenVINO
             (:class:`common.openvino_runtime.OpenVINONetwork`, bf16 under the same rule, converted models cached
             on disk; where OpenVINO is missing or cannot convert it, one warning and the torch passes); inputs on
-            a GPU keep the torch passes.
+            a GPU keep the torch passes. ``"auto"``: whichever of the two :func:`chosen_runtime` picks for this CPU.
         openvino_cache_dir: where ``"openvino"`` keeps converted models (default
             :func:`common.openvino_runtime.default_cache_dir`).
 
@@ -211,9 +231,7 @@ class FastInferer(Inferer):
             raise ValueError(f"FastInferer: cpu_sw_batch_size must be >= 1 or None, got {cpu_sw_batch_size}.")
         self.cpu_sw_batch_size = None if cpu_sw_batch_size is None else int(cpu_sw_batch_size)
         self.progress = bool(progress)
-        if runtime not in RUNTIMES:
-            raise SettingError(f"fast_cpu_runtime: expected one of {list(RUNTIMES)}, got {runtime!r}")
-        self.runtime = runtime
+        self.runtime = chosen_runtime(runtime)  # "torch" or "openvino"
         self.openvino_cache_dir = openvino_cache_dir
         self._openvino: dict[tuple[int, str], Any] = {}  # (id of the network, digest of its weights) -> runtime
         self._torch_only: set[int] = set()  # ids of the networks OpenVINO failed on: PyTorch runs them from then on

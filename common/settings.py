@@ -170,7 +170,7 @@ RULES: dict[str, Rule] = {
     "teacher_dice": _one_of(lambda: ("slices", "volume")),
     "kd_reduction": _one_of(lambda: ("batchmean", "voxel_mean")),
     "base_input": _one_of(lambda: ("labels", "probabilities")),
-    "fast_cpu_runtime": _one_of(lambda: ("torch", "openvino")),
+    "fast_cpu_runtime": _one_of(_names_in("common.fast_inference", "RUNTIMES")),
 }
 
 

@@ -131,8 +131,19 @@ def test_weights_loaded_later_into_the_same_module_are_converted_again(tmp_path)
 
 
 def test_an_unknown_runtime_is_refused_by_name():
-    with pytest.raises(SettingError, match="fast_cpu_runtime: expected one of \\['torch', 'openvino'\\], got 'onnx'"):
+    expected = "fast_cpu_runtime: expected one of \\['torch', 'openvino', 'auto'\\], got 'onnx'"
+    with pytest.raises(SettingError, match=expected):
         FastInferer(WINDOW, runtime="onnx")
+
+
+@pytest.mark.parametrize("bf16_native, runtime", [(True, "openvino"), (False, "torch")])
+def test_auto_runs_openvino_only_where_bf16_is_native(tmp_path, monkeypatch, bf16_native, runtime):
+    monkeypatch.setattr("common.fast_inference.native_bf16", lambda: bf16_native)
+    net, x = _net(), torch.rand(1, 2, 16, 16, 16)
+    inferer = FastInferer(WINDOW, bf16=False, runtime="auto", openvino_cache_dir=str(tmp_path))
+    assert inferer.runtime == runtime
+    ran_on = type(inferer.runtime_network(x, net))
+    assert ran_on is (OpenVINONetwork if runtime == "openvino" else nn.Sequential)
 
 
 def test_without_openvino_the_inferer_warns_how_to_install_it_and_runs_pytorch(tmp_path, monkeypatch, capsys):

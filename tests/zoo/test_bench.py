@@ -15,6 +15,7 @@ from bench import inference
 from bench.harness import run_isolated, summarise
 from bench.run import goal_rows, summarise_figures
 from bench.run import main as bench_main
+from common.cpu import native_bf16
 from common.fast_inference import FastInferer
 from tests.helpers import REPO_ROOT
 
@@ -109,7 +110,8 @@ def test_bench_run_quick_writes_json_and_markdown(tmp_path):
         "cohra_unet_brats": "fast_cpu_runtime torch",  # OpenVINO by default
         "mtcm_kd_t1ce_student": "fast_cpu_runtime torch",
         "reference: MONAI SegResNet": "fast_cpu_runtime openvino",
-        "fct_visible_korean": "fast_cpu_runtime openvino",
+        # "auto": OpenVINO by default where bf16 is native
+        "fct_visible_korean": "fast_cpu_runtime " + ("torch" if native_bf16() else "openvino"),
     }
     default = [f for f in report["figures"] if "goal" in f and f["bundle"] == "cohra_unet_brats"]
     assert len(default) == 1 and "fast_cpu path on OpenVINO" in default[0]["name"]
