@@ -28,9 +28,9 @@ overlap and blending, same network and weights):
 
 With ``runtime="openvino"`` (``fast_cpu_runtime`` in ``inference.json``; the default of ``cohra_unet_brats`` and
 ``mtcm_kd_t1ce_student``) OpenVINO runs the network on CPU instead of the passes above
-(:mod:`common.openvino_runtime`); the windows, blending and postprocessing stay. Where OpenVINO is not installed or
-cannot convert the network, a ``warning:`` line says why and the passes above run it: a default must not stop a run
-that PyTorch can do. ``runtime="auto"`` (the default of ``fct_visible_korean``) takes OpenVINO only where bf16 is
+(:mod:`common.openvino_runtime`); the windows, blending and postprocessing stay. Where OpenVINO is not installed,
+cannot convert the network or cannot write its cache, a ``warning:`` line says why and the passes above run it: a
+default must not stop a run that PyTorch can do. ``runtime="auto"`` (the default of ``fct_visible_korean``) takes OpenVINO only where bf16 is
 native, the one kind of CPU on which it beats the passes above for that network (:func:`chosen_runtime`).
 
 With ``progress`` (independent of ``enabled``) it shows a bar over the windows of a sliding window, cleared after

@@ -29,11 +29,13 @@ OpenVINO runs its own thread pool, which does not survive ``fork``: a process th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ from common.cpu import native_bf16
 from common.io import atomic_write_json
 from common.settings import SettingError
 
-__all__ = ["OpenVINONetwork", "OpenVINOUnavailableError", "default_cache_dir", "weights_digest"]
+__all__ = ["OpenVINOCacheError", "OpenVINONetwork", "OpenVINOUnavailableError", "default_cache_dir", "weights_digest"]
 
 PINNED = "openvino==2026.4.1"
 #: Largest difference, relative to the largest logit, between a dynamically converted model fixed to a shape (float32)
@@ -52,8 +54,13 @@ DYNAMIC_TOLERANCE = 1e-3
 
 
 class OpenVINOUnavailableError(SettingError):
-    """``fast_cpu_runtime`` asks for OpenVINO where it is not installed, or OpenVINO cannot convert the network.
-    :class:`common.fast_inference.FastInferer` then prints it as a warning and runs the network on PyTorch."""
+    """``fast_cpu_runtime`` asks for OpenVINO where it is not installed, OpenVINO cannot convert the network, or its
+    cache cannot be written. :class:`common.fast_inference.FastInferer` then prints it as a warning and runs the
+    network on PyTorch."""
+
+
+class OpenVINOCacheError(OpenVINOUnavailableError):
+    """The converted model could not be written into the cache (a full disk, a read-only folder)."""
 
 
 def _openvino() -> Any:
@@ -124,10 +131,22 @@ class OpenVINONetwork:
         """The cache folder of the model converted with dynamic batch and spatial sizes."""
         return self._cache_key("dynamic", channels, spatial_dims)
 
+    @contextlib.contextmanager
+    def _writing_cache(self) -> Iterator[None]:
+        """A write into the cache that fails (a full disk, a read-only home) is the runtime unavailable, not the run
+        failed: OpenVINO's own writer raises ``RuntimeError`` ("iostream error") where Python raises ``OSError``."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise OpenVINOCacheError(
+                f"fast_cpu_runtime: OpenVINO could not write its converted model into {self.cache_dir} ({first}); "
+                "ZOO_OPENVINO_CACHE names another folder"
+            ) from e
+
     def _convert(self, example: torch.Tensor, folder: Path, input_shape: tuple[int, ...]) -> None:
         """Trace the network on ``example``, convert it with ``input_shape`` (-1: dynamic) and save it into
         ``folder`` whole (a temporary folder renamed into place)."""
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         try:
             with torch.no_grad():
                 model = self.ov.convert_model(self.network, example_input=example, input=[input_shape])
@@ -137,15 +156,18 @@ class OpenVINONetwork:
                 f"fast_cpu_runtime: OpenVINO could not convert {type(self.network).__name__} for input shape "
                 f"{list(input_shape)} ({first})"
             ) from e
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=self.cache_dir))
-        try:
-            self.ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "model.xml").is_file():  # not another process that won the race
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with self._writing_cache():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=self.cache_dir))
+            try:
+                self.ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+                try:
+                    os.replace(tmp, folder)
+                except OSError:
+                    if not (folder / "model.xml").is_file():  # not another process that won the race
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         self.conversions += 1
 
     def _dynamic_model(self, x: torch.Tensor) -> Any | None:
@@ -159,8 +181,11 @@ class OpenVINONetwork:
             example = torch.rand(x.shape[0], x.shape[1], *(max(1, s // 2) for s in x.shape[2:]))
             try:
                 self._convert(example, folder, (-1, x.shape[1], *([-1] * (x.ndim - 2))))
+            except OpenVINOCacheError:
+                raise  # the cache, not the network: nothing to remember
             except OpenVINOUnavailableError as e:
-                atomic_write_json(failed, {"error": str(e)})
+                with self._writing_cache():
+                    atomic_write_json(failed, {"error": str(e)})
                 return None
         model = self.ov.Core().read_model(str(folder / "model.xml"))
         try:
@@ -175,7 +200,8 @@ class OpenVINONetwork:
             got = torch.from_numpy(compiled(x.contiguous().numpy())[0].copy())
             del compiled  # its buffers, before the model is compiled again for use
             error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
-            atomic_write_json(check_file, {"max_error_relative": error, "ok": error <= DYNAMIC_TOLERANCE})
+            with self._writing_cache():
+                atomic_write_json(check_file, {"max_error_relative": error, "ok": error <= DYNAMIC_TOLERANCE})
         return model if json.loads(check_file.read_text())["ok"] else None
 
     def _config(self, precision: str) -> dict[str, Any]:

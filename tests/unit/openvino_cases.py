@@ -178,6 +178,36 @@ def test_a_network_openvino_cannot_convert_is_named_with_the_way_out(tmp_path, m
     assert not list(tmp_path.glob("*/model.xml"))
 
 
+def _disk_full(*args, **kwargs):  # what OpenVINO's writer raises on a full disk or past a file-size limit
+    raise RuntimeError("basic_ios::clear: iostream error")
+
+
+@pytest.mark.parametrize("failure", ["disk full", "cache folder under a file"])
+def test_a_cache_that_cannot_be_written_leaves_the_run_on_pytorch_after_one_warning(
+    tmp_path, monkeypatch, capsys, failure
+):
+    import openvino
+
+    cache = tmp_path / "cache"
+    if failure == "disk full":
+        monkeypatch.setattr(openvino, "save_model", _disk_full)
+    else:
+        (tmp_path / "file").write_text("")
+        cache = tmp_path / "file" / "cache"
+    net, x = _net(), torch.rand(1, 2, 24, 20, 16)
+    out = _openvino_inferer(cache)(x, net)
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: fast_cpu_runtime: OpenVINO could not write its converted model into {cache} (")
+    assert "ZOO_OPENVINO_CACHE names another folder; running Sequential on PyTorch instead" in err
+    assert err.count("warning:") == 1
+    assert not list(tmp_path.rglob("*.failed"))  # the network itself is not marked as unconvertible
+    with torch.no_grad():
+        expected = FastInferer(WINDOW, enabled=False)(x, net)
+    torch.testing.assert_close(
+        out, expected.as_tensor() if hasattr(expected, "as_tensor") else expected, atol=1e-5, rtol=0
+    )
+
+
 def test_a_network_openvino_cannot_convert_runs_on_pytorch_after_one_warning(tmp_path, monkeypatch, capsys):
     import openvino
 

@@ -67,6 +67,7 @@ def _profile(dataset_dir: Path, output_dir: Path, leak: bool = False) -> tuple[l
         "dataset_dir": str(dataset_dir),
         "output_dir": str(output_dir),
         "load_pretrain": False,  # no published weights; random ones exercise the same code and memory
+        "fast_cpu_runtime": "torch",  # in this process: OpenVINO's thread pool would not survive later forks
     }
     for key, value in overrides.items():
         parser[key] = value
