@@ -30,8 +30,9 @@ With ``runtime="openvino"`` (``fast_cpu_runtime`` in ``inference.json``; the def
 ``mtcm_kd_t1ce_student``) OpenVINO runs the network on CPU instead of the passes above
 (:mod:`common.openvino_runtime`); the windows, blending and postprocessing stay. Where OpenVINO is not installed,
 cannot convert the network or cannot write its cache, a ``warning:`` line says why and the passes above run it: a
-default must not stop a run that PyTorch can do. ``runtime="auto"`` (the default of ``fct_visible_korean``) takes OpenVINO only where bf16 is
-native, the one kind of CPU on which it beats the passes above for that network (:func:`chosen_runtime`).
+default must not stop a run that PyTorch can do. ``runtime="auto"`` (the default of ``fct_visible_korean``) takes
+OpenVINO only where bf16 is native, the one kind of CPU on which it beats the passes above for that network
+(:func:`chosen_runtime`).
 
 With ``progress`` (independent of ``enabled``) it shows a bar over the windows of a sliding window, cleared after
 each pass; :mod:`common.progress` decides where bars are shown. MONAI's own ``SlidingWindowInferer(progress=True)`` is

@@ -48,5 +48,7 @@ def test_git_keeps_every_file_a_study_record_holds():
     run = "studies/cohra/network=cohra_unet/seed0"
     examples = [*RECORDED_FILES, *(p.replace("**/", "").replace("*", "x") for p in RECORDED_PATTERNS)]
     paths = [f"{run}/{name}" for name in examples]
-    ignored = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO_ROOT, capture_output=True, text=True)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths], cwd=REPO_ROOT, capture_output=True, text=True
+    )
     assert ignored.stdout == "", f"git ignores recorded files: {ignored.stdout.split()}"
