@@ -3,8 +3,9 @@
 OpenVINO is the field's CPU inference runtime. On whole BraTS phantom cases it ran COHRA-UNet and the MTCM-KD
 student 1.4-2.7x faster than the PyTorch fast path on an Intel Xeon with AMX, 1.2x on an AMD EPYC with AVX-512 BF16
 and 1.2x on the emulated AVX2 path, its label maps agreeing with the model zoo's fp32 eager ones at Dice >= 0.996 on
-phantom-trained weights (the repository README, Performance), so those two bundles run on it by default; the others
-keep PyTorch until ``make bench-full`` measures them on it (its runtime lever rows).
+phantom-trained weights (the repository README, Performance), so those two bundles run on it by default.
+``fct_visible_korean`` runs on it where bf16 is native (``fast_cpu_runtime: "auto"``: 2.0x fp32 eager on trained
+weights there, slower than PyTorch in float32); the RefNet cascade keeps PyTorch.
 
 :class:`OpenVINONetwork` stands in for the torch network inside :class:`common.fast_inference.FastInferer`: the
 sliding window, blending and postprocessing stay MONAI's. It converts the network once with dynamic batch and
