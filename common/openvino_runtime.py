@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,10 @@ class OpenVINONetwork:
         """Trace the network on ``example``, convert it with ``input_shape`` (-1: dynamic) and save it into
         ``folder`` whole (a temporary folder renamed into place)."""
         try:
-            with torch.no_grad():
+            # the tracer warns of every Python branch on a tensor. The dynamic model is checked against PyTorch at
+            # each shape before use and a static one is traced at the shape it runs, so the warnings only alarm users
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 model = self.ov.convert_model(self.network, example_input=example, input=[input_shape])
         except Exception as e:  # the converter's own errors are many and long
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
