@@ -599,8 +599,9 @@ def measure(
 
 
 def _one_window_batch(fast_inferer: Any, x: Any) -> Any:
-    """A batch of zeros shaped as the sliding window of ``fast_inferer`` passes each window batch of ``x`` to the
-    network (``None`` for an inferer without windows). The bundles' 3D inferers pass one window at a time on CPU."""
+    """One window of zeros shaped as the sliding window of ``fast_inferer`` passes each window of ``x`` to the
+    network; ``None`` for an inferer without windows, or one passing several at a time (a last, smaller batch would
+    be a shape of its own). The bundles' 3D inferers pass one window at a time on CPU."""
     import torch
     from monai.inferers import SlidingWindowInferer
 
