@@ -177,14 +177,15 @@ study-cohra: setup
 		--figure-note "T1, T1ce, T2, FLAIR; MONAI region Dice, mean of 7 validation phantoms; 6 steps/epoch" \
 		--footnote "synthetic BraTS phantoms: 24 cases 64x64x48 (12 train / 7 validation / 5 test), not real data"
 
-# The phantom RefNet study of bundles/refnet_synapse (its README states the design): 30 phantom CTs of 96x96x64 in
-# the Synapse split (18 training, 12 held-out test); Swin UNETR base models (configs/study_refnet_base.json), 3 for
-# the paper's Algorithm 1 (all training cases, predicting them; the first also predicts the test cases) and 3 out of
-# fold (3 folds); then RefNet arms changed one at a time from the paper's recipe (configs/study_refnet.json), 900
-# steps each, 3 seeds; tables (refinement_seeds.md: per organ, raw / refined / change, mean ± SD) and curves in
-# data/study_refnet/runs. Reruns reuse finished base models and runs and resume an interrupted run. Several hours on
-# 2 CPU cores. The base models' predictions and every finished run are recorded in studies/refnet (common.records),
-# so that a fresh clone continues the study instead of starting it again.
+# The phantom RefNet study of bundles/refnet_synapse (its README states the design): 30 phantom CTs of 96x96x64 in the
+# Synapse split (18 training, 12 held-out test); Swin UNETR base models (configs/study_refnet_base.json), 3 for the
+# paper's Algorithm 1 (all training cases, predicting them; the first also predicts the test cases) and 3 out of fold
+# (3 folds), and how good each group of their predictions is (base/base_quality.md); then RefNet arms changed one at a
+# time from the paper's recipe (configs/study_refnet.json), 900 steps each, 3 seeds; tables (refinement_seeds.md: per
+# organ, raw / refined / change, mean ± SD) and curves in data/study_refnet/runs. Reruns reuse finished base models
+# and runs and resume an interrupted run. Several hours on 2 CPU cores. The base models' predictions and every
+# finished run are recorded in studies/refnet (common.records), so that a fresh clone continues the study instead of
+# starting it again.
 # REFNET_STUDY_SIZE, REFNET_STUDY_SEEDS, REFNET_STUDY_BASE_MODEL, REFNET_STUDY_RECORD and REFNET_STUDY_BASE (extra
 # --base overlays of the RefNet runs) exist for the slow-tier test that runs it on a tiny budget.
 REFNET_STUDY ?= $(CURDIR)/data/study_refnet
@@ -200,6 +201,7 @@ study-refnet: setup
 		--size $(REFNET_STUDY_SIZE) --seed 0
 	$(PY) -m common.base_predictions base-in-sample $(REFNET_BASE_ARGS) --seeds 0 1 2
 	$(PY) -m common.base_predictions base-oof $(REFNET_BASE_ARGS) --folds 3 --seeds 0
+	$(PY) -m common.metrics.refinement base $(REFNET_STUDY)/base/datalist.json --dataset-dir $(REFNET_STUDY)/btcv
 	echo '{"dataset_dir": "$(REFNET_STUDY)/btcv", "datalist_file": "$(REFNET_STUDY)/base/datalist.json"}' \
 		> $(REFNET_STUDY)/data.json
 	$(PY) -m common.ablation --bundle-root bundles/refnet_synapse --out $(REFNET_STUDY)/runs --seeds $(REFNET_STUDY_SEEDS) \

@@ -19,7 +19,7 @@ from common.errors import BadInputError
 __all__ = ["CommonVersionError", "__version__", "check_common", "shipped_common_version"]
 
 #: Raised with every change of ``common`` that a released bundle could notice; releases carry it in their copy.
-__version__ = "1.5.0"
+__version__ = "1.6.0"
 
 _VERSION_LINE = re.compile(r'^__version__ = "([^"]+)"$', flags=re.MULTILINE)
 

@@ -30,6 +30,16 @@ A study trains every arm at several seeds (``python -m common.ablation --seeds N
 seed); :func:`write_seed_refinement_table` (``python -m common.metrics.refinement seeds RUNS_DIR``) gathers their
 ``refinement_table.csv`` into the same per-class form with mean ± SD over the seeds, and says for each arm whether
 the refined mean organ Dice is above the raw one by more than the seed SD.
+
+What RefNet learns from depends on the errors of the base predictions it trains on, so
+:func:`write_base_quality` (``python -m common.metrics.refinement base DATALIST --dataset-dir DIR``) scores every
+group of base predictions in a refinement datalist (out of fold, in sample per base model, test) against the
+ground truth with the same Dice: the paper's in-sample predictions of a model's own training cases can be much
+better than its predictions of new cases, which RefNet then never sees.
+
+Dice is MONAI's (``compute_dice``, ``ignore_empty=True``, as the ``MeanDice`` handler of the evaluation): an organ
+absent from a case's ground truth is left out of that case (even where the prediction has it), an organ the
+prediction misses scores 0.
 """
 
 from __future__ import annotations
@@ -50,9 +60,11 @@ from common.metrics.summary import format_metric
 
 __all__ = [
     "TABLE_COLUMNS",
+    "base_quality",
     "read_per_class",
     "refinement_table",
     "seed_refinement_table",
+    "write_base_quality",
     "write_refinement_table",
     "write_seed_refinement_table",
 ]
@@ -285,9 +297,9 @@ def write_seed_refinement_table(runs_dir: str | os.PathLike, note: str = "") -> 
     writer.writerow(["arm", "seeds", "class", *(f"{c} {s}" for c in SEED_TABLE_COLUMNS[1:] for s in ("mean", "sd"))])
     lines = [
         "Raw (base model) vs refined (RefNet) 3D Dice per class on the test cases, mean ± sample SD (n - 1) over "
-        "seeds; each seed's figure is its mean over the test cases (a class absent from prediction or ground truth "
-        "in a case is left out of that case). change: refined - raw per seed, then averaged."
-        + (f" {note}" if note else ""),
+        "seeds; each seed's figure is its mean over the test cases (MONAI Dice: a class absent from a case's ground "
+        "truth is left out of that case; one the prediction misses scores 0). change: refined - raw per seed, then "
+        "averaged." + (f" {note}" if note else ""),
     ]
     for arm, seed_dirs in arms.items():
         rows = seed_refinement_table(seed_dirs)
@@ -315,15 +327,104 @@ def write_seed_refinement_table(runs_dir: str | os.PathLike, note: str = "") -> 
     return runs_dir / "refinement_seeds.csv", runs_dir / "refinement_seeds.md"
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# the base predictions RefNet learns from
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _group(item: Mapping[str, object]) -> str:
+    """``in_sample seed 0``, ``out_of_fold seed 0``, ``test seed 0``: a case has one prediction in each group."""
+    source = str(item.get("source", "unknown"))
+    return f"{source} seed {item['seed']}" if "seed" in item else source
+
+
+def base_quality(
+    datalist_file: str | os.PathLike, dataset_dir: str | os.PathLike
+) -> list[tuple[str, int, dict[int, float]]]:
+    """Per organ Dice of each group of base predictions in a refinement datalist against the ground truth.
+
+    Returns ``(group, cases, {organ id: mean Dice over the cases})`` per group (:func:`_group`), training groups
+    first, then the test group; NaN for an organ absent from every case's ground truth.
+
+    Raises:
+        FileNotFoundError, ValueError: from :func:`common.data.refinement.load_refinement_datalist`, or for a base
+            prediction whose shape differs from its ground truth's (both named).
+    """
+    import torch
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
+    from monai.transforms import LoadImage
+
+    from common.data.btcv import btcv_to_synapse12
+    from common.data.refinement import NUM_CLASSES, RefinementDataError, load_refinement_datalist
+
+    load = LoadImage(image_only=True)
+    per_case: dict[str, list[list[float]]] = {}
+    for items in load_refinement_datalist(datalist_file, dataset_dir).values():
+        for item in items:
+            base = torch.as_tensor(load(item["base"])).round().long()
+            label = torch.as_tensor(btcv_to_synapse12(load(item["label"]), name=item["label"])).round().long()
+            if base.shape != label.shape:
+                raise RefinementDataError(
+                    f"'{item['base']}' has shape {tuple(base.shape)}, its ground truth '{item['label']}' "
+                    f"{tuple(label.shape)}: expected a base prediction on the CT's grid."
+                )
+            dice = compute_dice(
+                one_hot(base[None, None], NUM_CLASSES),
+                one_hot(label[None, None], NUM_CLASSES),
+                include_background=False,
+                ignore_empty=True,
+            )
+            per_case.setdefault(_group(item), []).append(dice[0].tolist())
+    return [
+        (group, len(rows), {organ + 1: _nanmean([r[organ] for r in rows]) for organ in range(NUM_CLASSES - 1)})
+        for group, rows in per_case.items()
+    ]
+
+
+def write_base_quality(datalist_file: str | os.PathLike, dataset_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``base_quality.csv`` and ``base_quality.md`` beside the datalist (:func:`base_quality`); their paths."""
+    groups = base_quality(datalist_file, dataset_dir)
+    organs = [SYNAPSE12_LABELS[i] for i in sorted(SYNAPSE12_LABELS) if i != 0]
+    columns = ["base predictions", "cases", *organs, f"mean ({len(organs)} organs)"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    lines = [
+        "Base predictions against the ground truth: 3D Dice per organ, mean over the cases of each group (MONAI "
+        "Dice: an organ absent from a case's ground truth is left out of that case; one the prediction misses "
+        "scores 0). in_sample: a base model's predictions of the cases it was trained on (the paper's Algorithm 1); "
+        "out_of_fold: of cases it was not trained on; test: the held-out test cases RefNet refines.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|---|---:|" + "---:|" * (len(organs) + 1),
+    ]
+    for group, cases, dice in groups:
+        values = [dice[i] for i in sorted(dice)]
+        values.append(_nanmean(values))
+        writer.writerow([group, cases, *(f"{v:.6g}" if math.isfinite(v) else "n/a" for v in values)])
+        lines.append("| " + " | ".join([group, str(cases), *(format_metric(v, digits=3) for v in values)]) + " |")
+    out = Path(datalist_file).parent
+    atomic_write_bytes(out / "base_quality.csv", buffer.getvalue().encode())
+    atomic_write_bytes(out / "base_quality.md", ("\n".join(lines) + "\n").encode())
+    return out / "base_quality.csv", out / "base_quality.md"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m common.metrics.refinement", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("seeds", help="the per-class table over the seeds of a study (refinement_seeds.md)")
     p.add_argument("runs_dir", help="the study's runs folder (<arm>/seed<s>/eval/refinement_table.csv)")
     p.add_argument("--note", default="", help="a sentence added to the table's heading (split, phantoms, budget)")
+    p = sub.add_parser("base", help="Dice of every group of base predictions in a datalist (base_quality.md)")
+    p.add_argument("datalist", help="the datalist.json of python -m common.base_predictions")
+    p.add_argument("--dataset-dir", required=True, help="the BTCV folder (RawData or the folder holding it)")
     args = parser.parse_args(argv)
     try:
-        _, markdown = write_seed_refinement_table(args.runs_dir, args.note)
+        if args.command == "base":
+            _, markdown = write_base_quality(args.datalist, args.dataset_dir)
+        else:
+            _, markdown = write_seed_refinement_table(args.runs_dir, args.note)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -43,13 +43,14 @@ from common.data.btcv import (
 from common.data.refinement import (
     RefinementDataError,
     corrupted_gt_items,
+    datalist_entry,
     load_refinement_datalist,
     refine_datalist,
     split_validation_cases,
     write_datalist,
 )
 from common.inferers.refinement import BaseThenRefineInferer
-from common.metrics.refinement import refinement_table, write_refinement_table
+from common.metrics.refinement import base_quality, refinement_table, write_refinement_table
 from common.metrics.synapse import transunet_case_metrics
 from common.synthetic.btcv import generate_btcv
 from common.transforms.refinement import RefNetInputd
@@ -263,6 +264,43 @@ def test_seed_table_gives_mean_sd_and_the_outcome_per_arm(tmp_path):
     spleen = next(r for r in rows if r["arm"] == "baseline" and r["class"] == "spleen")
     assert spleen["seeds"] == "3" and float(spleen["refined Dice mean"]) == pytest.approx(0.62)
     assert common.metrics.refinement.main(["seeds", str(tmp_path / "baseline" / "seed0")]) == 1
+
+
+def test_base_quality_scores_each_group_of_base_predictions(phantoms, tmp_path, capsys):
+    """Exact Dice per group: a perfect in-sample prediction, one missing the liver, a missing organ scoring 0."""
+    raw_dir = phantoms / "RawData"
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    entries = []
+    for case, seed, drop in (("0005", 0, None), ("0006", 0, 6), ("0005", 1, 6), ("0022", 0, None)):
+        paths = btcv_case_paths(raw_dir, case)
+        label = nib.load(str(paths.label))
+        base = btcv_to_synapse12(np.asarray(label.dataobj)).astype(np.uint8)
+        if drop is not None:
+            base[base == drop] = 0
+        out = predictions / f"seed{seed}_{case}" / f"img{case}_base.nii.gz"
+        out.parent.mkdir()
+        nib.save(nib.Nifti1Image(base, label.affine), str(out))
+        source = "test" if case == "0022" else "in_sample"
+        entries.append((source, datalist_entry(raw_dir, tmp_path, case, out, seed=seed, source=source)))
+    write_datalist(tmp_path, {"training": [e for s, e in entries if s != "test"]}, "in-sample", "base-in-sample")
+    write_datalist(tmp_path, {"test": [e for s, e in entries if s == "test"]}, "test", "base-test")
+
+    groups = {group: (cases, dice) for group, cases, dice in base_quality(tmp_path / "datalist.json", phantoms)}
+    assert list(groups) == ["in_sample seed 0", "in_sample seed 1", "test seed 0"]
+    cases, dice = groups["in_sample seed 0"]
+    assert cases == 2 and dice[6] == pytest.approx(0.5) and dice[1] == pytest.approx(1.0)  # liver missed in 0006
+    assert groups["in_sample seed 1"][1][6] == 0.0 and groups["test seed 0"][1][6] == pytest.approx(1.0)
+    command = ["base", str(tmp_path / "datalist.json"), "--dataset-dir", str(phantoms)]
+    assert common.metrics.refinement.main(command) == 0
+    assert "| in_sample seed 1 | 1 | 1.000 |" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "base_quality.csv")))
+    assert [r["base predictions"] for r in rows] == list(groups) and float(rows[0]["liver"]) == pytest.approx(0.5)
+
+    small = predictions / "seed0_0005" / "img0005_base.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(small))
+    assert common.metrics.refinement.main(command) == 1
+    assert "expected a base prediction on the CT's grid" in capsys.readouterr().err
 
 
 def test_inference_base_network_is_the_network_train_base_trains():

@@ -70,6 +70,9 @@ def test_study_refnet_command_writes_its_tables_and_curves_on_a_tiny_budget(tmp_
     assert sorted(c for c, _ in by_source["out_of_fold"]) == sorted(SYNAPSE_TRAIN_CASES)
     assert set(by_source) == {"in_sample", "out_of_fold"}
     assert sorted(e["case"] for e in datalist["test"]) == sorted(SYNAPSE_TEST_CASES)
+    groups = [(r["base predictions"], r["cases"]) for r in _rows(study / "base" / "base_quality.csv")]
+    in_sample = [(f"in_sample seed {s}", "18") for s in (0, 1, 2)]
+    assert sorted(groups) == sorted([*in_sample, ("out_of_fold seed 0", "18"), ("test seed 0", "12")])
 
     runs_dir = study / "runs"
     runs = _rows(runs_dir / "runs.csv")
