@@ -30,18 +30,22 @@ from common.errors import BadInputError
 
 __all__ = ["EVALUATION_SPLITS", "evaluation_cases"]
 
-#: What ``evaluate.json`` may score: the held-out test cases (the default) or the model-selection (validation) fold.
-EVALUATION_SPLITS = ("test", "validation")
+#: What ``evaluate.json`` may score: the held-out test cases (the default), the model-selection (validation) fold, or
+#: the cases the model was trained on (how well it fits them: next to the test score it tells an underfitting model
+#: from an overfitting one).
+EVALUATION_SPLITS = ("test", "validation", "training")
 
 
 def evaluation_cases(splits: Mapping[str, Sequence[Any]], split: str, source: str | os.PathLike) -> list[Any]:
     """The cases an evaluation scores: ``splits[split]``, with ``split`` one of :data:`EVALUATION_SPLITS`.
 
-    A validation score chose the model, so it overstates how the model does on new cases; only ``"test"`` is an
-    unbiased estimate. An empty test split is refused rather than silently scored as something else.
+    A validation score chose the model and a training score is on cases it learnt, so both overstate how the model
+    does on new cases; only ``"test"`` is an unbiased estimate. An empty test split is refused rather than silently
+    scored as something else.
 
     Args:
-        splits: ``{"test": [...], "validation": [...]}`` as read from the bundle's split file or datalist.
+        splits: ``{"test": [...], "validation": [...], "training": [...]}`` as read from the bundle's split file or
+            datalist.
         split: the config's ``eval_split``.
         source: the split file or datalist, named in the message.
 

@@ -86,6 +86,12 @@ def test_evaluation_writes_per_case_dice_and_hd95(trained):
     validation = _overlay(root / "val.json", {**settings, "output_dir": str(root / "val"), "eval_split": "validation"})
     zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", validation], log_file=root / "val.log")
     assert json.loads((root / "val" / "metrics_summary.json").read_text())["cases"] == 2  # fold 0 of 3 cases
+    fit = _overlay(root / "fit.json", {**settings, "output_dir": str(root / "fit"), "eval_split": "training"})
+    zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", fit], log_file=root / "fit.log")
+    fit_summary = json.loads((root / "fit" / "metrics_summary.json").read_text())
+    scored = {Path(r.split(",")[0]).parent.name for r in (root / "fit" / "val_dice_wt_raw.csv").read_text().split()[1:]}
+    assert fit_summary["split"] == "training" and fit_summary["cases"] == len(scored) > 0
+    assert not scored & set(held_out)
     no_test = root / "no_test.json"
     no_test.write_text(json.dumps({**json.loads((root / "datalist.json").read_text()), "testing": []}))
     overlay = _overlay(

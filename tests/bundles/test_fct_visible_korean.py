@@ -89,6 +89,13 @@ def test_evaluation_writes_per_image_bone_and_muscle_dice_and_hd95(trained):
         assert sorted(row["filename"] for row in rows) == sorted(item["image"] for item in test)
     assert 0.0 <= summary["metrics"]["val_mean_dice"] <= 1.0
 
+    # the slices it trained on, to tell underfitting from overfitting, named as such
+    fit = _overlay(root / "fit.json", {**settings, "output_dir": str(root / "fit"), "eval_split": "training"})
+    zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", fit], log_file=root / "fit.log")
+    summary = json.loads((root / "fit" / "metrics_summary.json").read_text())
+    training = json.loads((root / "prepared" / "datalist.json").read_text())["training"]
+    assert summary["split"] == "training" and summary["cases"] == len(training)
+
 
 def test_hd95_in_mm_scales_grid_pixels_by_the_photographs_pixel_size(trained):
     """pixel_spacing_mm swaps val_hd95_*_px for val_hd95_*_mm: grid pixels x source pixels per grid pixel x mm."""

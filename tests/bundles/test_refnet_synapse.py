@@ -690,6 +690,14 @@ def test_evaluation_tabulates_raw_vs_refined_dice(pipeline):
     assert float(synapse8[raw, "Dice"]["mean"]) == pytest.approx(summary["metrics"]["raw_synapse8_dice"], abs=1e-4)
     assert "| model | DSC (%) | HD95 (mm) |" in (root / "eval" / "synapse8_table.md").read_text()
 
+    # RefNet's own training entries (the validation case held out), to tell underfitting from overfitting
+    fit = _overlay(
+        root / "fit.json", {**pipeline["settings"], "output_dir": str(root / "fit"), "eval_split": "training"}
+    )
+    zoo.monai_bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", fit], log_file=root / "fit.log")
+    summary = json.loads((root / "fit" / "metrics_summary.json").read_text())
+    assert summary["split"] == "training" and summary["cases"] == len(datalist["training"]) - 1
+
 
 def test_inference_turns_a_ct_into_a_refined_label_map_with_its_affine(pipeline, tmp_path):
     data = pipeline["data"]

@@ -147,7 +147,7 @@ def test_wrong_settings_are_named(override, message):
     ("fct_visible_korean", ["inference.json"], ["--fct_preset", "nosuch"],
      "--fct_preset: expected one of 'paper', 'tf_main', 'wide_32_512', got 'nosuch'"),
     ("fct_visible_korean", ["train.json", "evaluate.json"], ["--eval_split", "tset"],
-     "--eval_split: expected one of 'test', 'validation', got 'tset'"),
+     "--eval_split: expected one of 'test', 'training', 'validation', got 'tset'"),
     ("mtcm_kd_t1ce_student", ["train.json"], ["--student_modality", "t1c"], "--student_modality: expected one of"),
     ("mtcm_kd_t1ce_student", ["train.json"], ["--teacher_dice", "slice"], "--teacher_dice: expected one of"),
     ("refnet_synapse", ["train.json"], ["--base_input", "label"], "--base_input: expected one of"),
